@@ -1,0 +1,118 @@
+"""Multi-head attention: the one place where tokens look at each other.
+
+For every position, a query vector asks "what am I looking for?", every position's key vector says
+"what do I contain?", and its value vector says "what do I hand over if chosen". A head scores each
+query against every key (a dot product, scaled by 1/sqrt(head_size) so the softmax doesn't saturate
+as heads widen), turns the scores into weights with a softmax, and returns the weighted sum of the
+values. The causal mask sets the scores of future keys to -inf before the softmax, so position t
+only ever sees positions <= t: that is what lets a GPT train on every position of a sequence at once.
+Several heads run side by side on slices of the channels, each free to attend to something else, and
+an output projection mixes their results back into the residual stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention, and cross-attention when given a `context` sequence.
+
+    The query, key and value projections are stored as one (3*n_embd, n_embd) matrix, `c_attn`, in
+    the order [W_Q; W_K; W_V] (GPT-2's layout, and torch.nn.MultiheadAttention's `in_proj_weight`),
+    so self-attention does all three in one matmul. Cross-attention applies the W_Q rows to `x` and
+    the W_K, W_V rows to `context`.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.head_size = n_embd // n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+
+    def project_qkv(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries from x; keys and values from context (cross) or from x (self). Each (B, nh, T, hs)."""
+        if context is None:
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        else:
+            w_q, w_kv = self.c_attn.weight.split([self.n_embd, 2 * self.n_embd], dim=0)
+            b_q, b_kv = (None, None) if self.c_attn.bias is None else self.c_attn.bias.split([self.n_embd, 2 * self.n_embd])
+            q = F.linear(x, w_q, b_q)  # (B, T, C)
+            k, v = F.linear(context, w_kv, b_kv).split(self.n_embd, dim=2)  # 2 x (B, S, C)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from x (B, T, C) over x itself or over `context` (B, S, C).
+
+        key_padding_mask: (B, S) bool, True marks a key to ignore (e.g. padding), as in
+            torch.nn.MultiheadAttention.
+        causal: mask future keys; defaults to True for self-attention, False for cross-attention.
+            With S > T (keys that start earlier than the queries) query i sits at position S - T + i.
+        need_weights: also return the attention pattern (B, nh, T, S), whose rows sum to 1. This takes
+            the explicit path (scores, mask, softmax, weighted sum); otherwise PyTorch's fused
+            scaled_dot_product_attention computes the same thing faster.
+        """
+        if causal is None:
+            causal = context is None
+        q, k, v = self.project_qkv(x, context)  # (B, nh, T, hs), (B, nh, S, hs), (B, nh, S, hs)
+        y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
+        y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
+        y = self.resid_dropout(self.c_proj(y))
+        return (y, att) if need_weights else y
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """softmax(q k^T / sqrt(hs) + mask) v for every head at once; returns (B, nh, T, hs) and the pattern."""
+        T, S = q.shape[-2], k.shape[-2]
+        dropout_p = self.dropout if self.training else 0.0
+        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
+        if not need_weights:
+            fast_causal = causal and mask is not None and key_padding_mask is None and T == S
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=None if fast_causal else mask,
+                dropout_p=dropout_p,
+                is_causal=fast_causal,
+            )
+            return y, None
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        att = F.softmax(scores.float(), dim=-1).to(q.dtype)
+        y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        return y, att
+
+
+def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:
+    """Boolean mask (True = may attend) for T queries over S keys, broadcastable to (B, nh, T, S)."""
+    mask = None
+    if causal:
+        # query i is at absolute position S - T + i and may see keys 0 .. S - T + i
+        mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)[None, None]  # (1, 1, T, S)
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
+        mask = keep if mask is None else mask & keep
+    return mask

@@ -1,0 +1,120 @@
+"""Checkpoints: written atomically, read without ever unpickling arbitrary objects.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts saved with torch.save and
+read back with torch.load(weights_only=True), which refuses anything else (such as a pickled object
+whose loading would run code). The resolved config is also written as config.json beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import config as configs
+from model import tokenizer as tokenizers
+from model.errors import TinyGPTError
+from model.gpt import GPT
+
+LATEST = "ckpt.pt"
+BEST = "best.pt"
+FORMAT_VERSION = 1
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside torch.compile / DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save into a temporary file in the same folder, fsync, then rename over `path`, so a crash
+    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TinyGPTError(f"could not write checkpoint {path}: {e.strerror or e}; the previous one is intact") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokenizer_meta: dict) -> dict[str, Any]:
+    """The part of a checkpoint needed to sample: weights, model config, tokenizer."""
+    return {
+        "model": unwrap(model).state_dict(),
+        "model_config": configs.to_dict(model_config),
+        "tokenizer": tokenizer_meta,
+    }
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = find_checkpoint(path)
+    if not path.is_file():
+        raise TinyGPTError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise TinyGPTError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, and loading them "
+            f"could run code ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e)[:200]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise TinyGPTError(f"{path} is not a tinygpt checkpoint (no model weights or config inside)")
+    return ckpt
+
+
+def find_checkpoint(out_dir: str | Path, prefer: str = BEST) -> Path:
+    """The checkpoint to sample from in out_dir: best.pt if present, else ckpt.pt."""
+    out_dir = Path(out_dir)
+    for name in (prefer, LATEST, BEST):
+        if (out_dir / name).is_file():
+            return out_dir / name
+    raise TinyGPTError(f"no checkpoint in {out_dir} (looked for {BEST} and {LATEST}); train a model first")
+
+
+def model_config_from(ckpt: dict[str, Any]) -> configs.GPTConfig:
+    values = ckpt["model_config"]
+    known = {f for f in configs.GPTConfig.__dataclass_fields__}
+    unknown = set(values) - known
+    if unknown:
+        raise TinyGPTError(f"checkpoint has model options this version doesn't know: {', '.join(sorted(unknown))}")
+    return configs.GPTConfig(**values)
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer, dict[str, Any]]:
+    """Build the GPT stored in a checkpoint file (or in out_dir's best/latest); returns model,
+    tokenizer and the raw checkpoint dict."""
+    ckpt = load_checkpoint(path, device)
+    model = GPT(model_config_from(ckpt))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise TinyGPTError(f"checkpoint weights don't match its config: {str(e).splitlines()[0]}") from None
+    model.to(device)
+    return model, tokenizers.from_meta(ckpt["tokenizer"]), ckpt
+
+
+def write_config_json(out_dir: str | Path, values: dict[str, Any]) -> None:
+    from model.data import atomic_write_bytes
+
+    atomic_write_bytes(Path(out_dir) / "config.json", (json.dumps(values, indent=2) + "\n").encode())

@@ -1,0 +1,174 @@
+"""Command-line entry points behind train.py, sample.py and data/prepare.py (and the tinygpt-* scripts).
+
+Every entry point turns a TinyGPTError into one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from model.errors import TinyGPTError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Run main; a TinyGPTError or Ctrl-C becomes one line on stderr and an exit status."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv) or 0
+        except TinyGPTError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # e.g. `python sample.py | head`
+            return 0
+
+    return wrapper
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake prints a single line instead of usage + message."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+TRAIN_USAGE = """usage: python train.py [CONFIG.toml] [--key=value ...] [--quiet]
+
+Train a GPT. The config file (optional) states what differs from the defaults below; --key=value
+flags override both. Examples:
+  python train.py                                   # Tiny Shakespeare, characters, CPU-sized model
+  python train.py configs/shakespeare_char.toml --device=cpu --max_iters=2000
+  python train.py --init_from=resume --max_iters=4000
+"""
+
+
+@guarded
+def train_main(argv: list[str] | None = None) -> int:
+    from model.config import describe_keys, load_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(TRAIN_USAGE)
+        print(describe_keys())
+        return 0
+    quiet = "--quiet" in args
+    args = [a for a in args if a != "--quiet"]
+    config_path = None
+    if args and not args[0].startswith("--"):
+        config_path = args.pop(0)
+    model_config, train_config = load_config(config_path, args)
+
+    from model.trainer import train
+
+    train(model_config, train_config, quiet=quiet)
+    return 0
+
+
+@guarded
+def sample_main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(description="Sample text from a trained checkpoint.")
+    parser.add_argument("--out_dir", default="out", help="training run folder (uses best.pt, else ckpt.pt)")
+    parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
+    parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
+    parser.add_argument("--num_samples", type=int, default=10)
+    parser.add_argument("--max_new_tokens", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    parser.add_argument("--top_k", type=int, default=200, help="keep only the k most likely tokens (0: all)")
+    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--compile", type=parse_bool, default=False)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
+    if args.temperature < 0:
+        raise TinyGPTError("--temperature must be >= 0")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise TinyGPTError("--top_p must be in (0, 1]")
+
+    import torch
+
+    from model.checkpoint import load_model
+    from model.device import autocast, resolve_device, resolve_dtype
+    from model.generate import generate
+    from model.tokenizer import StreamDecoder
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
+    if args.compile:
+        model = torch.compile(model)
+    prompt = read_prompt(args.start)
+    ids = tok.encode(prompt)
+    if not ids:
+        if tok.eot_token is None:
+            raise TinyGPTError("the prompt is empty; pass some text with --start")
+        ids = [tok.eot_token]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    with autocast(device, dtype):
+        for k in range(args.num_samples):
+            stream = StreamDecoder(tok)
+            sys.stdout.write(prompt)
+            for next_ids in generate(model, x, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator):
+                sys.stdout.write(stream.push(next_ids.tolist()))
+                sys.stdout.flush()
+            sys.stdout.write(stream.flush() + "\n---------------\n")
+            sys.stdout.flush()
+    return 0
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = Path(start[5:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TinyGPTError(f"prompt file not found: {path}") from None
+        except UnicodeDecodeError:
+            raise TinyGPTError(f"prompt file {path} is not UTF-8 text") from None
+    return start
+
+
+@guarded
+def prepare_main(argv: list[str] | None = None) -> int:
+    from model import data
+
+    parser = OneLineArgumentParser(
+        description="Tokenize a text corpus into data_dir/DATASET/{train.bin,val.bin,meta.json}."
+    )
+    parser.add_argument("--dataset", default="shakespeare_char",
+                        help=f"dataset folder name; known: {', '.join(data.KNOWN_DATASETS)}")
+    parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
+    parser.add_argument("--url", default=None, help="download the text from this URL")
+    parser.add_argument("--tokenizer", default=None, help="'char' or a tiktoken encoding such as 'gpt2'")
+    parser.add_argument("--data_dir", default="data")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer)
+    print(
+        f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"
+    )
+    return 0

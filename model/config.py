@@ -1,0 +1,317 @@
+"""Typed configs for the model and for training, loaded from TOML files and `--key=value` flags.
+
+Config files are flat, like nanoGPT's: every key is either a `GPTConfig` field (the network) or a
+`TrainConfig` field (everything else), and a file states only what differs from the defaults below.
+Flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from model.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    """The shape of the network. Defaults are nanoGPT's CPU recipe size (about 0.8M parameters)."""
+
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; each head sees n_embd // n_head channels."""
+    n_embd: int = 128
+    """Width of the residual stream (d_model)."""
+    block_size: int = 64
+    """Context length: the most tokens the model attends over (size of the position table)."""
+    vocab_size: int | None = None
+    """Token vocabulary size; None takes it from the prepared dataset's meta.json."""
+    dropout: float = 0.0
+    """Dropout probability on embeddings, attention weights and residual branches (0 for none)."""
+    bias: bool = True
+    """Use biases in linear layers and LayerNorms, as GPT-2 does."""
+    tie_weights: bool = True
+    """Share the token embedding matrix with the output (LM head) projection, as GPT-2 does."""
+    mlp_ratio: int = 4
+    """Hidden width of each MLP as a multiple of n_embd."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def check_buildable(self, require_vocab: bool = True) -> None:
+        """Raise ConfigError unless a model of this shape can be instantiated.
+
+        Kept apart from __post_init__ so that a parameter report can still be made for configs
+        (such as two of the GPT-3 paper's rows) whose width is not a multiple of the head count.
+        """
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"choose n_head from the divisors of n_embd, e.g. {_nearest_divisors(self.n_embd, self.n_head)}"
+            )
+        if require_vocab and self.vocab_size is None:
+            raise ConfigError("vocab_size is not set; it normally comes from the dataset's meta.json")
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "GPTConfig":
+        return load_config(path, overrides)[0]
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the network's shape. Key names are nanoGPT's."""
+
+    # I/O
+    out_dir: str = "out"
+    """Folder for checkpoints (ckpt.pt latest, best.pt best validation), config.json and metrics.jsonl."""
+    eval_interval: int = 250
+    """Estimate train/val loss (and save checkpoints) every this many iterations."""
+    log_interval: int = 10
+    """Print the training loss every this many iterations."""
+    eval_iters: int = 200
+    """Random batches per split used to estimate the loss at each evaluation."""
+    eval_only: bool = False
+    """Evaluate once (estimate and full validation) and exit without training."""
+    always_save_checkpoint: bool = True
+    """Write ckpt.pt at every evaluation; when False it is written only when val loss improves."""
+    init_from: str = "scratch"
+    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt."""
+    # logging
+    wandb_log: bool = False
+    """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""
+    wandb_project: str = "tinygpt"
+    """wandb project name."""
+    wandb_run_name: str = "run"
+    """wandb run name."""
+    # data
+    dataset: str = "shakespeare_char"
+    """Name of the prepared dataset folder under data_dir (train.bin, val.bin, meta.json)."""
+    data_dir: str = "data"
+    """Folder that holds prepared datasets."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches summed into one optimizer step."""
+    batch_size: int = 12
+    """Sequences per micro-batch."""
+    # optimizer
+    learning_rate: float = 1e-3
+    """Peak learning rate."""
+    max_iters: int = 2000
+    """Total optimizer steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices only (not biases, norms)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    # learning rate schedule
+    decay_lr: bool = True
+    """Use linear warmup then cosine decay; False keeps learning_rate constant."""
+    warmup_iters: int = 100
+    """Iterations of linear warmup."""
+    lr_decay_iters: int = 2000
+    """Iteration at which the cosine decay reaches min_lr (usually max_iters)."""
+    min_lr: float = 1e-4
+    """Floor of the learning rate (about learning_rate / 10)."""
+    # system
+    device: str = "auto"
+    """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    dtype: str = "auto"
+    """'float32', 'bfloat16' or 'float16' (with a grad scaler); 'auto' is bfloat16 on capable GPUs, else float32."""
+    compile: bool = False
+    """Wrap the model in torch.compile (pays a compile time up front)."""
+    seed: int = 1337
+    """Seed for weights initialisation and batch sampling."""
+
+    def __post_init__(self) -> None:
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_SECTIONS = (GPTConfig, TrainConfig)
+
+
+def _nearest_divisors(n: int, near: int) -> str:
+    divisors = sorted((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
+    return ", ".join(str(d) for d in sorted(divisors[:3]))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (read from the source, so it is written only once)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def describe_keys() -> str:
+    """A help text listing every config key with its default and docstring."""
+    lines = []
+    for cls in _SECTIONS:
+        docs = field_docs(cls)
+        lines.append(f"{cls.__name__} keys:")
+        for f in fields(cls):
+            lines.append(f"  --{f.name}={f.default!r:<12} {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def valid_keys() -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every config key, mapped to the dataclass that owns it and its field."""
+    keys = {}
+    for cls in _SECTIONS:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            keys[f.name] = (cls, f, hints[f.name])
+    return keys
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return "None" if hint is type(None) else hint.__name__
+
+
+def _unknown_key(key: str) -> ConfigError:
+    names = list(valid_keys())
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(names)}")
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check (TOML values) or parse (command-line strings) `value` against the field type `hint`."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    from_cli = isinstance(value, str)
+    for t in allowed:
+        if t is type(None):
+            if value is None or (from_cli and value in ("None", "none", "null")):
+                return None
+        elif t is bool:
+            if isinstance(value, bool):
+                return value
+            if from_cli and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+        elif t is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if from_cli:
+                try:
+                    return int(value.replace("_", ""))
+                except ValueError:
+                    pass
+        elif t is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if from_cli:
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif t is str:
+            if isinstance(value, str):
+                return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(hint)}, got {value!r}")
+
+
+def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Turn ['--n_layer=4', '--compile=False'] into {'n_layer': '4', 'compile': 'False'}."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"expected --key=value, got '{arg}'")
+        key, value = arg[2:].split("=", 1)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid UTF-8 text") from None
+
+
+def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
+    """Build both configs from one flat mapping of keys to (TOML or command-line string) values."""
+    keys = valid_keys()
+    per_section: dict[type, dict[str, Any]] = {cls: {} for cls in _SECTIONS}
+    for key, value in values.items():
+        if key not in keys:
+            raise _unknown_key(key)
+        cls, _, hint = keys[key]
+        per_section[cls][key] = coerce(key, value, hint)
+    return GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] | dict[str, Any] = ()
+) -> tuple[GPTConfig, TrainConfig]:
+    """Load a TOML config (or the defaults, when path is None) and apply overrides on top."""
+    values: dict[str, Any] = read_toml(path) if path is not None else {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"config files are flat; move the keys of table [{key}] to the top level")
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    values.update(extra)
+    return build_configs(values)
+
+
+def to_dict(model_config: GPTConfig, train_config: TrainConfig | None = None) -> dict[str, Any]:
+    """One flat dict (JSON- and TOML-friendly) of everything needed to rebuild the configs."""
+    out = dataclasses.asdict(model_config)
+    if train_config is not None:
+        out.update(dataclasses.asdict(train_config))
+    return out
+
+
+def from_dict(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
+    """Inverse of to_dict; unknown keys (e.g. from a newer version) are an error, not silently dropped."""
+    return build_configs(dict(values))
+
+
+def save_json(path: str | Path, model_config: GPTConfig, train_config: TrainConfig | None = None) -> None:
+    Path(path).write_text(json.dumps(to_dict(model_config, train_config), indent=2) + "\n")

@@ -1,0 +1,217 @@
+"""Datasets on disk: preparing a text corpus into token files, and reading batches back.
+
+A prepared dataset is a folder with
+    train.bin, val.bin   the token ids, flat, uint16 when the vocabulary fits, else uint32
+    meta.json            tokenizer, dtype, vocab_size, token counts, source and its sha256
+meta.json is written last, so a folder without it was never finished. As in nanoGPT, the first 90%
+of the text (by characters) is the training split and the last 10% the validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model import tokenizer as tokenizers
+from model.errors import TinyGPTError
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
+TRAIN_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a named dataset's text comes from and how it is tokenized by default."""
+
+    url: str
+    tokenizer: str
+    env: str | None = None
+    """Environment variable that may point at a local copy (for machines without a network)."""
+
+
+KNOWN_DATASETS = {
+    "shakespeare_char": Source(TINYSHAKESPEARE_URL, "char", TINYSHAKESPEARE_ENV),
+    "shakespeare": Source(TINYSHAKESPEARE_URL, "gpt2", TINYSHAKESPEARE_ENV),
+}
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`: readers see the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_corpus(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise TinyGPTError(f"input file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TinyGPTError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    if not text.strip():
+        raise TinyGPTError(f"{path} is empty; a corpus needs some text")
+    return text
+
+
+def download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except Exception as e:
+        raise TinyGPTError(
+            f"could not download {url} ({type(e).__name__}: {e}); pass --input=FILE or set the dataset's "
+            f"environment variable (e.g. {TINYSHAKESPEARE_ENV}) to a local copy"
+        ) from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, data)
+
+
+def resolve_input(dataset: str, input_path: str | None, url: str | None, folder: Path) -> Path:
+    """The local text file for a dataset: --input, else $ENV, else a cached download, else download."""
+    if input_path:
+        return Path(input_path)
+    source = KNOWN_DATASETS.get(dataset)
+    if source and source.env and os.environ.get(source.env):
+        return Path(os.environ[source.env])
+    url = url or (source.url if source else None)
+    if url is None:
+        raise TinyGPTError(
+            f"don't know where to get dataset '{dataset}'; pass --input=FILE or --url=URL "
+            f"(known datasets: {', '.join(KNOWN_DATASETS)})"
+        )
+    cached = folder / "input.txt"
+    if not cached.is_file():
+        print(f"downloading {url} -> {cached}")
+        download(url, cached)
+    return cached
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def prepare(
+    dataset: str = "shakespeare_char",
+    data_dir: str | Path = "data",
+    input_path: str | None = None,
+    url: str | None = None,
+    tokenizer: str | None = None,
+) -> dict[str, Any]:
+    """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
+    folder = Path(data_dir) / dataset
+    source = KNOWN_DATASETS.get(dataset)
+    kind = tokenizer or (source.tokenizer if source else "char")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinyGPTError(f"cannot create dataset folder {folder}: {e.strerror}") from None
+    path = resolve_input(dataset, input_path, url, folder)
+    text = read_corpus(path)
+    tok = tokenizers.make(kind, text)
+    n = int(len(text) * TRAIN_FRACTION)
+    dtype = token_dtype(tok.vocab_size)
+    counts = {}
+    for split, part in (("train", text[:n]), ("val", text[n:])):
+        ids = np.array(tok.encode(part), dtype=dtype)
+        if len(ids) < 2:
+            raise TinyGPTError(f"the {split} split of {path} has fewer than 2 tokens; the corpus is too small")
+        atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
+        counts[split] = len(ids)
+    meta = {
+        "tokenizer": tok.to_meta(),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "source": str(path),
+        "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+class TokenDataset:
+    """A prepared dataset, memory-mapped: batches are gathered with one numpy fancy-index, no Python
+    loop over tokens, and nothing larger than a batch is read into memory."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise TinyGPTError(
+                f"dataset not prepared: {meta_path} is missing; run `python data/prepare.py "
+                f"--dataset={self.folder.name}`"
+            )
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            self.vocab_size = int(self.meta["vocab_size"])
+            self.dtype = np.dtype(self.meta["dtype"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise TinyGPTError(f"{meta_path} is not a valid dataset meta.json ({type(e).__name__}: {e})") from None
+        if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise TinyGPTError(f"{meta_path}: dtype must be uint16 or uint32, got {self.dtype}")
+        if self.vocab_size > np.iinfo(self.dtype).max + 1:
+            raise TinyGPTError(f"{meta_path}: vocab_size {self.vocab_size} does not fit dtype {self.dtype}")
+        self.splits = {split: self._open(split) for split in ("train", "val")}
+
+    def _open(self, split: str) -> np.ndarray:
+        path = self.folder / f"{split}.bin"
+        if not path.is_file():
+            raise TinyGPTError(f"dataset file missing: {path}; prepare the dataset again")
+        size = path.stat().st_size
+        expected = self.meta.get(f"{split}_tokens")
+        if size % self.dtype.itemsize or (expected is not None and size // self.dtype.itemsize != expected):
+            raise TinyGPTError(
+                f"{path} holds {size} bytes, which does not match meta.json ({expected} tokens of "
+                f"{self.dtype}); the file is truncated or from another preparation; prepare it again"
+            )
+        if size // self.dtype.itemsize < 2:
+            raise TinyGPTError(f"{path} has fewer than 2 tokens")
+        return np.memmap(path, dtype=self.dtype, mode="r")
+
+    def tokenizer(self):
+        return tokenizers.from_meta(self.meta["tokenizer"])
+
+    def get_batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """batch_size random windows: inputs x (B, T) and next-token targets y (B, T), int64."""
+        data = self.splits[split]
+        block_size = min(block_size, len(data) - 1)
+        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+        rows = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T+1)
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+    def windows(self, split: str, block_size: int) -> tuple[Tensor, Tensor]:
+        """Every token of a split once as a target: non-overlapping windows of block_size, the last one
+        shorter and right-padded with IGNORE_INDEX targets. Returns x, y of shape (N, block_size)."""
+        from model.gpt import IGNORE_INDEX
+
+        data = np.asarray(self.splits[split], dtype=np.int64)
+        n_targets = len(data) - 1
+        n_windows = -(-n_targets // block_size)
+        x = np.zeros(n_windows * block_size, dtype=np.int64)
+        y = np.full(n_windows * block_size, IGNORE_INDEX, dtype=np.int64)
+        x[:n_targets] = data[:-1]
+        y[:n_targets] = data[1:]
+        return torch.from_numpy(x).view(n_windows, block_size), torch.from_numpy(y).view(n_windows, block_size)

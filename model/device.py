@@ -1,0 +1,43 @@
+"""Choosing a device and a numeric precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from model.errors import TinyGPTError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TinyGPTError(f"device '{name}' requested but CUDA is not available; use --device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TinyGPTError("device 'mps' requested but MPS is not available; use --device=cpu")
+    return name
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """'auto' means bfloat16 on GPUs that support it, float32 elsewhere (the safe choice on a CPU)."""
+    if name == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise TinyGPTError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{name}'")
+    return DTYPES[name]
+
+
+def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: weights and optimizer stay float32, matmuls run in dtype."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)

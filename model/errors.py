@@ -1,0 +1,13 @@
+"""The one exception type that command-line programs turn into a single line on stderr."""
+
+
+class TinyGPTError(Exception):
+    """A problem with the user's input (config, data, checkpoint, prompt) rather than a bug.
+
+    `train.py`, `sample.py` and `data/prepare.py` catch it, print `error: <message>` on stderr and
+    exit non-zero, so a mistyped flag never ends in a traceback.
+    """
+
+
+class ConfigError(TinyGPTError):
+    """An unknown config key, a value of the wrong type, or values that don't fit together."""

@@ -1,0 +1,138 @@
+"""The GPT: token and position embeddings, a stack of pre-norm transformer blocks, an LM head.
+
+    idx (B, T) -> wte + wpe -> dropout -> n_layer x Block -> ln_f -> lm_head -> logits (B, T, vocab)
+
+Each Block is x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Parameter names follow GPT-2's
+(transformer.h.0.attn.c_attn.weight, ...) so its checkpoints map onto this model one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.attention import MultiHeadAttention
+from model.config import GPTConfig
+
+IGNORE_INDEX = -1
+"""Targets equal to this (e.g. padding) don't count towards the loss."""
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen by mlp_ratio, GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: attention, then MLP, each added back onto the residual stream."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False):
+        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights)
+        a, att = a if need_weights else (a, None)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return (x, att) if need_weights else x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.check_buildable()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: each residual branch's output projection is scaled so the stream's variance
+        # doesn't grow with depth (two residual additions per layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, shared (tied) tensors once; non_embedding leaves out the position table
+        (the token table is also the LM head when tied, so it stays in, as in GPT-2's count)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def _hidden(self, idx: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        patterns = []
+        for block in self.transformer.h:
+            if need_weights:
+                x, att = block(x, key_padding_mask, need_weights=True)
+                patterns.append(att)
+            else:
+                x = block(x, key_padding_mask)
+        return self.transformer.ln_f(x), patterns
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab) and, given targets (B, T), the mean
+        cross-entropy over targets that are not IGNORE_INDEX."""
+        x, _ = self._hidden(idx, key_padding_mask, need_weights=False)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_patterns(self, idx: Tensor) -> list[Tensor]:
+        """One (B, n_head, T, T) attention pattern per layer, from the explicit attention path."""
+        _, patterns = self._hidden(idx, None, need_weights=True)
+        return patterns
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "GPT":
+        from model.checkpoint import load_model
+
+        return load_model(path, device)[0]
