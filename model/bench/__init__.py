@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers side by side in one run: `python -m model.bench {generate,train} ...`."""

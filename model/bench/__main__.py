@@ -1,0 +1,21 @@
+"""Dispatch `python -m model.bench SUBCOMMAND [args]` to model/bench/SUBCOMMAND.py's main(argv)."""
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "generate": "model.bench.generate",  # sampling speed against transformers (issue: fast generation)
+    "train": "model.bench.train",  # training throughput, MFU and time-to-loss
+}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
+        print(f"usage: python -m model.bench {{{','.join(SUBCOMMANDS)}}} [args...]", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
+    return module.main(sys.argv[2:]) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
