@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -193,3 +194,17 @@ def test_bad_input_is_one_line_on_stderr(args, message, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_training_prints_the_summary_unless_quiet(char_data_dir, tmp_path, capsys, quiet):
+    from conftest import tiny_overrides
+
+    from model.trainer import train
+
+    model_config, train_config = load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", max_iters=1))
+    train(model_config, train_config, quiet=quiet)
+    out = capsys.readouterr().out
+    vocab_size = json.loads((char_data_dir / "tiny" / "meta.json").read_text())["vocab_size"]
+    expected = Report(dataclasses.replace(model_config, vocab_size=vocab_size)).summary()
+    assert (expected in out) is not quiet
