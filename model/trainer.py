@@ -21,6 +21,7 @@ from model.evaluate import estimate_loss, split_loss
 from model.gpt import GPT
 from model.logger import RunLogger
 from model.optim import learning_rate, make_optimizer
+from model.report import Report
 
 
 def open_dataset(config: TrainConfig, echo=print) -> data.TokenDataset:
@@ -197,6 +198,7 @@ class Trainer:
         c = self.config
         n_params = self.model.num_params()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
+        self.echo(Report(self.model_config).summary())
         if c.eval_only:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
