@@ -5,7 +5,7 @@
     python data/prepare.py --dataset=mine --hf_dataset=parquet --data_files='my/*.parquet'
 
 Documents are read in chunks (from the `datasets` Arrow cache, or streamed when --streaming), tokenized
-by a pool of processes with tiktoken's batched encoder, and appended to fixed-size shards
+by a pool of processes (tiktoken, a chunk of documents per task), and appended to fixed-size shards
 (train_000.bin, train_001.bin, ..., val_000.bin) whose list meta.json records. Memory holds a few
 chunks and one shard buffer per split, never the corpus. Every document is preceded by the encoding's
 end-of-text token, so documents are separated by it and `sample.py` with an empty prompt (which starts
@@ -18,9 +18,11 @@ needs no shuffle of a corpus that is only streamed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,7 +76,9 @@ def tokenize_chunk(texts: list[str], first_doc: int, encoding: str, val_every: i
     the val tokens (documents whose index is a multiple of val_every; none when val_every is 0) and
     the chunk's document count."""
     enc = _encoder(encoding)
-    encoded = enc.encode_ordinary_batch(texts, num_threads=1)  # this process is already one of several
+    # Not encode_ordinary_batch: it hands each document to a thread pool as its own task, which costs
+    # more than it saves on short documents (see docs/benchmarks/issue7.md); processes give the parallelism.
+    encoded = [enc.encode_ordinary(text) for text in texts]
     is_val = [val_every > 0 and (first_doc + i) % val_every == 0 for i in range(len(texts))]
     out = []
     for want_val in (False, True):
@@ -155,9 +159,21 @@ def document_chunks(ds, text_column: str) -> Iterator[list[str]]:
         raise TinyGPTError(f"the dataset's records have no column '{text_column}'; pass --text_column") from None
 
 
+def tokenizer_pool(num_proc: int) -> contextlib.AbstractContextManager:
+    """num_proc worker processes (None for one: tokenize in this process).
+
+    On Linux they are forked, so they start at once with the modules already imported, and before the
+    dataset is opened, so before `datasets`/pyarrow start threads that a fork could copy mid-lock.
+    Elsewhere they are spawned (fresh interpreters), as Python does by default on macOS and Windows."""
+    if num_proc <= 1:
+        return contextlib.nullcontext()
+    method = "fork" if sys.platform == "linux" else "spawn"
+    return multiprocessing.get_context(method).Pool(num_proc)
+
+
 def tokenize_into(
     chunks: Iterator[list[str]], writers: tuple[ShardWriter, ShardWriter], encoding: str, val_every: int,
-    num_proc: int, bar: tqdm,
+    pool, num_proc: int, bar: tqdm,
 ) -> int:
     """Tokenize every chunk (in order) into the train and val writers; returns the document count."""
     dtype = writers[0].buffer.dtype.name
@@ -172,24 +188,22 @@ def tokenize_into(
         bar.update(n_docs)
         bar.set_postfix(tokens=f"{writers[0].tokens + writers[1].tokens:,}", refresh=False)
 
-    if num_proc <= 1:
+    if pool is None:
         first = 0
         for texts in chunks:
             consume(tokenize_chunk(texts, first, encoding, val_every, dtype))
             first += len(texts)
         return documents
-    # Spawned, not forked: the parent may already run threads (datasets, tiktoken) that fork would
-    # copy in a locked state. At most num_proc * TASKS_IN_FLIGHT_PER_WORKER chunks wait at any time.
-    with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
-        pending: deque = deque()
-        first = 0
-        for texts in chunks:
-            pending.append(pool.apply_async(tokenize_chunk, (texts, first, encoding, val_every, dtype)))
-            first += len(texts)
-            if len(pending) >= num_proc * TASKS_IN_FLIGHT_PER_WORKER:
-                consume(pending.popleft().get())
-        while pending:
+    # In order, and at most num_proc * TASKS_IN_FLIGHT_PER_WORKER chunks waiting at any time.
+    pending: deque = deque()
+    first = 0
+    for texts in chunks:
+        pending.append(pool.apply_async(tokenize_chunk, (texts, first, encoding, val_every, dtype)))
+        first += len(texts)
+        if len(pending) >= num_proc * TASKS_IN_FLIGHT_PER_WORKER:
             consume(pending.popleft().get())
+    while pending:
+        consume(pending.popleft().get())
     return documents
 
 
@@ -230,15 +244,16 @@ def prepare_hf(
     writers = (ShardWriter(folder, "train", dtype, shard_tokens), ShardWriter(folder, "val", dtype, shard_tokens))
     val_every = 0 if source.val_split else max(1, round(1 / val_fraction))
 
-    def tokenize_split(split: str, targets: tuple[ShardWriter, ShardWriter], every: int) -> int:
+    def tokenize_split(split: str, targets: tuple[ShardWriter, ShardWriter], every: int, pool) -> int:
         ds = open_split(source, split, streaming, data_files, cache_dir)
         total = None if streaming else len(ds)
         with tqdm(total=total, unit="doc", desc=f"tokenizing {split}", disable=quiet, dynamic_ncols=True) as bar:
-            return tokenize_into(document_chunks(ds, source.text_column), targets, encoding, every, num_proc, bar)
+            return tokenize_into(document_chunks(ds, source.text_column), targets, encoding, every, pool, num_proc, bar)
 
-    documents = {source.split: tokenize_split(source.split, writers, val_every)}
-    if source.val_split:  # every document of the separate split goes to the val writer
-        documents[source.val_split] = tokenize_split(source.val_split, (writers[1], writers[1]), 0)
+    with tokenizer_pool(num_proc) as pool:
+        documents = {source.split: tokenize_split(source.split, writers, val_every, pool)}
+        if source.val_split:  # every document of the separate split goes to the val writer
+            documents[source.val_split] = tokenize_split(source.val_split, (writers[1], writers[1]), 0, pool)
     shards = {"train": writers[0].close(), "val": writers[1].close()}
     for split, listed in shards.items():
         if sum(s["tokens"] for s in listed) < 2:
