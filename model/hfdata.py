@@ -71,7 +71,9 @@ def _encoder(name: str):
     return TiktokenTokenizer(name).enc
 
 
-def tokenize_chunk(texts: list[str], first_doc: int, encoding: str, val_every: int, dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+def tokenize_chunk(
+    texts: list[str], first_doc: int, encoding: str, val_every: int, dtype: str
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Tokenize one chunk of documents; each becomes [EOT, its tokens...]. Returns the train tokens,
     the val tokens (documents whose index is a multiple of val_every; none when val_every is 0) and
     the chunk's document count."""

@@ -241,8 +241,10 @@ class Trainer:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
             self.logger.finish()
+            self.dist.close()
             return {"iter_num": self.iter_num, "full_val_loss": loss}
-        tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * self.model_config.block_size
+        global_batch = c.batch_size * c.gradient_accumulation_steps * self.dist.world_size
+        tokens_per_iter = global_batch * self.model_config.block_size
         start_iter = self.iter_num
         hide_bar = self.quiet or not self.dist.is_master
         bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
