@@ -78,10 +78,11 @@ class Trainer:
         self.batch_generator = torch.Generator().manual_seed(config.seed)  # alike on all ranks: see distributed.py
         self.windows_drawn = 0
 
-        if self.dist.is_master:  # rank 0 prepares a known dataset on first use while the others wait
-            open_dataset(config, self.echo)
-        self.dist.barrier()
+        if not self.dist.is_master:
+            self.dist.barrier()  # wait while rank 0 prepares a known dataset on first use
         self.dataset = open_dataset(config, self.echo)
+        if self.dist.is_master:
+            self.dist.barrier()
         self.tokenizer_meta = self.dataset.meta["tokenizer"]
         self.iter_num = 0
         self.best_val_loss = float("inf")
