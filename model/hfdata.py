@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import multiprocessing
+import signal
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -170,7 +171,12 @@ def tokenizer_pool(num_proc: int) -> contextlib.AbstractContextManager:
     if num_proc <= 1:
         return contextlib.nullcontext()
     method = "fork" if sys.platform == "linux" else "spawn"
-    return multiprocessing.get_context(method).Pool(num_proc)
+    return multiprocessing.get_context(method).Pool(num_proc, initializer=_leave_ctrl_c_to_the_parent)
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """Workers ignore Ctrl-C: the parent stops the pool and prints one line, not one traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def tokenize_into(
