@@ -160,15 +160,53 @@ def prepare_main(argv: list[str] | None = None) -> int:
         description="Tokenize a text corpus into data_dir/DATASET/{train.bin,val.bin,meta.json}."
     )
     parser.add_argument("--dataset", default="shakespeare_char",
-                        help=f"dataset folder name; known: {', '.join(data.KNOWN_DATASETS)}")
+                        help=f"dataset folder name; known: {', '.join([*data.KNOWN_DATASETS, *hf_presets()])}")
     parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
     parser.add_argument("--url", default=None, help="download the text from this URL")
     parser.add_argument("--tokenizer", default=None, help="'char' or a tiktoken encoding such as 'gpt2'")
     parser.add_argument("--data_dir", default="data")
+    add_hf_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer)
+    if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url):
+        meta = prepare_hf_from_args(args)
+    else:
+        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer)
     print(
         f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"
     )
     return 0
+
+
+def hf_presets() -> list[str]:
+    from model.hfdata import PRESETS
+
+    return list(PRESETS)
+
+
+def add_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    hf = parser.add_argument_group("Hugging Face datasets (written as train_NNN.bin/val_NNN.bin shards)")
+    hf.add_argument("--hf_dataset", default=None,
+                    help="hub name (e.g. roneneldan/TinyStories) or a file format (parquet, json, csv, text)")
+    hf.add_argument("--hf_config", default=None, help="the dataset's configuration, e.g. sample-10BT")
+    hf.add_argument("--split", default="train", help="split to tokenize for training")
+    hf.add_argument("--val_split", default=None, help="separate split for validation (else --val_fraction)")
+    hf.add_argument("--val_fraction", type=float, default=0.0005,
+                    help="without --val_split, every round(1/f)-th document goes to validation")
+    hf.add_argument("--text_column", default="text")
+    hf.add_argument("--data_files", default=None, help="local files or glob for a file-format --hf_dataset")
+    hf.add_argument("--streaming", action="store_true", help="read as a stream: for corpora larger than disk or memory")
+    hf.add_argument("--num_proc", type=int, default=1, help="tokenizer processes")
+    hf.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard file")
+    hf.add_argument("--cache_dir", default=None, help="datasets cache folder (default: HF_DATASETS_CACHE)")
+
+
+def prepare_hf_from_args(args: argparse.Namespace) -> dict:
+    from model.hfdata import PRESETS, HFSource, prepare_hf
+
+    if args.hf_dataset:
+        source = HFSource(args.hf_dataset, args.hf_config, args.split, args.text_column, args.val_split)
+    else:
+        source = PRESETS[args.dataset]
+    return prepare_hf(args.dataset, args.data_dir, source, args.data_files, args.streaming, args.num_proc,
+                      args.shard_tokens, args.val_fraction, args.tokenizer or "gpt2", args.cache_dir)

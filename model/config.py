@@ -141,6 +141,9 @@ class TrainConfig:
     """Wrap the model in torch.compile (pays a compile time up front)."""
     seed: int = 1337
     """Seed for weights initialisation and batch sampling."""
+    fsdp: bool = False
+    """Under torchrun, shard weights, gradients and optimizer state over the ranks (FSDP) instead of
+    keeping a full copy on each (DDP): for models that don't fit one GPU."""
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")

@@ -151,6 +151,43 @@ def prepare(
     return meta
 
 
+class Shards:
+    """A split stored as one or more memory-mapped token files. A window never crosses from one shard
+    to the next; window starts are numbered across all shards, so a random start picks each shard in
+    proportion to its size."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        self.longest = int(self.lengths.max())
+
+    def __len__(self) -> int:
+        return int(self.lengths.sum())
+
+    def starts(self, window: int) -> int:
+        """How many windows of `window` + 1 tokens fit inside the shards (the range of random starts)."""
+        return int(self._starts_per_shard(window).sum())
+
+    def _starts_per_shard(self, window: int) -> np.ndarray:
+        return np.maximum(self.lengths - window, 0)  # a shard shorter than a window offers none
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """The windows of `length` tokens at global start numbers `starts` (from `starts(length - 1)`),
+        as int64 (len(starts), length): one fancy-index per shard touched, no loop over tokens."""
+        per_shard = np.cumsum(self._starts_per_shard(length - 1))  # starts in shards 0..i
+        shard_of = np.searchsorted(per_shard, starts, side="right")
+        offsets = starts - np.concatenate(([0], per_shard[:-1]))[shard_of]
+        out = np.empty((len(starts), length), dtype=np.int64)
+        for shard in np.unique(shard_of):
+            pick = shard_of == shard
+            out[pick] = self.arrays[shard][offsets[pick, None] + np.arange(length)]
+        return out
+
+    def concatenated(self) -> np.ndarray:
+        """The whole split as one int64 array (for exact evaluation over a validation split)."""
+        return np.concatenate([np.asarray(a, dtype=np.int64) for a in self.arrays])
+
+
 class TokenDataset:
     """A prepared dataset, memory-mapped: batches are gathered with one numpy fancy-index, no Python
     loop over tokens, and nothing larger than a batch is read into memory."""
@@ -173,14 +210,19 @@ class TokenDataset:
             raise TinyGPTError(f"{meta_path}: dtype must be uint16 or uint32, got {self.dtype}")
         if self.vocab_size > np.iinfo(self.dtype).max + 1:
             raise TinyGPTError(f"{meta_path}: vocab_size {self.vocab_size} does not fit dtype {self.dtype}")
-        self.splits = {split: self._open(split) for split in ("train", "val")}
+        self.splits = {split: self._open_split(split) for split in ("train", "val")}
 
-    def _open(self, split: str) -> np.ndarray:
-        path = self.folder / f"{split}.bin"
+    def _open_split(self, split: str) -> Shards:
+        """A split is one {split}.bin file, or the list of shards that meta.json names under "shards"."""
+        listed = self.meta.get("shards", {}).get(split)
+        if listed is None:
+            return Shards([self._open(self.folder / f"{split}.bin", self.meta.get(f"{split}_tokens"))])
+        return Shards([self._open(self.folder / s["file"], s["tokens"]) for s in listed])
+
+    def _open(self, path: Path, expected: int | None) -> np.ndarray:
         if not path.is_file():
             raise TinyGPTError(f"dataset file missing: {path}; prepare the dataset again")
         size = path.stat().st_size
-        expected = self.meta.get(f"{split}_tokens")
         if size % self.dtype.itemsize or (expected is not None and size // self.dtype.itemsize != expected):
             raise TinyGPTError(
                 f"{path} holds {size} bytes, which does not match meta.json ({expected} tokens of "
@@ -193,12 +235,19 @@ class TokenDataset:
     def tokenizer(self):
         return tokenizers.from_meta(self.meta["tokenizer"])
 
-    def get_batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """batch_size random windows: inputs x (B, T) and next-token targets y (B, T), int64."""
-        data = self.splits[split]
-        block_size = min(block_size, len(data) - 1)
-        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-        rows = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T+1)
+    def get_batch(
+        self, split: str, batch_size: int, block_size: int, generator: torch.Generator, rank: int = 0,
+        world_size: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """batch_size random windows: inputs x (B, T) and next-token targets y (B, T), int64.
+
+        Under data parallelism the generator (seeded alike on every rank) draws the starts of the whole
+        global batch, world_size * batch_size windows, and rank r reads only its rows r*B .. r*B+B-1:
+        the ranks together see exactly what one process with batch world_size * B would see."""
+        shards = self.splits[split]
+        block_size = min(block_size, shards.longest - 1)
+        starts = torch.randint(shards.starts(block_size), (world_size * batch_size,), generator=generator).numpy()
+        rows = shards.windows(starts[rank * batch_size : (rank + 1) * batch_size], block_size + 1)  # (B, T+1)
         rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
 
@@ -207,7 +256,7 @@ class TokenDataset:
         shorter and right-padded with IGNORE_INDEX targets. Returns x, y of shape (N, block_size)."""
         from model.gpt import IGNORE_INDEX
 
-        data = np.asarray(self.splits[split], dtype=np.int64)
+        data = self.splits[split].concatenated()
         n_targets = len(data) - 1
         n_windows = -(-n_targets // block_size)
         x = np.zeros(n_windows * block_size, dtype=np.int64)

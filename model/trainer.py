@@ -16,6 +16,7 @@ from tqdm import tqdm
 from model import checkpoint, data
 from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
+from model.distributed import Distributed
 from model.errors import TinyGPTError
 from model.evaluate import estimate_loss, split_loss
 from model.gpt import GPT
@@ -45,19 +46,17 @@ def _make_out_dir(path: str) -> Path:
     return out
 
 
-def _rng_state(batch_generator: torch.Generator) -> dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
-        "batches": batch_generator.get_state(),
         "python": list(random.getstate()[1]),
         "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         "numpy_pos": int(np.random.get_state()[2]),
     }
 
 
-def _restore_rng(state: dict[str, Any], batch_generator: torch.Generator) -> None:
+def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    batch_generator.set_state(state["batches"])
     random.setstate((3, tuple(int(v) for v in state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
 
@@ -69,16 +68,22 @@ class Trainer:
         model_config.check_buildable(require_vocab=False)  # fail before any data is prepared
         self.config = config
         self.quiet = quiet
-        self.device = resolve_device(config.device)
+        self.dist = Distributed(resolve_device(config.device), config.fsdp)
+        self.device = self.dist.device
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.ctx = autocast(self.device, self.dtype)
-        self.out_dir = _make_out_dir(config.out_dir)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed % 2**32)
-        self.batch_generator = torch.Generator().manual_seed(config.seed)
+        self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        random.seed(config.seed + self.dist.rank)
+        np.random.seed((config.seed + self.dist.rank) % 2**32)
+        self.batch_generator = torch.Generator().manual_seed(config.seed)  # alike on all ranks: see distributed.py
+        self.windows_drawn = 0
 
+        if not self.dist.is_master:
+            self.dist.barrier()  # wait while rank 0 prepares a known dataset on first use
         self.dataset = open_dataset(config, self.echo)
+        if self.dist.is_master:
+            self.dist.barrier()
         self.tokenizer_meta = self.dataset.meta["tokenizer"]
         self.iter_num = 0
         self.best_val_loss = float("inf")
@@ -96,23 +101,46 @@ class Trainer:
         if resume is not None:
             self.model.load_state_dict(resume["model"])
         self.model.to(self.device)
+        if self.dist.enabled:
+            torch.manual_seed(config.seed + self.dist.rank)  # each rank its own dropout masks
+        self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model sharded by FSDP
         self.optimizer = make_optimizer(self.model, config, self.device.split(":")[0])
         if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
+            self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
             self.iter_num = int(resume["iter_num"])
             self.best_val_loss = float(resume["best_val_loss"])
-            if "rng" in resume:
-                _restore_rng(resume["rng"], self.batch_generator)
+            self._restore_position(resume)
         self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=self.dtype == torch.float16)
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = torch.compile(self.wrapped_model) if config.compile else self.wrapped_model
         self.config_dict = to_dict(model_config, config)
-        checkpoint.write_config_json(self.out_dir, self.config_dict)
+        if self.dist.is_master:
+            checkpoint.write_config_json(self.out_dir, self.config_dict)
         self.logger = RunLogger(
-            self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name
+            self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name,
+            enabled=self.dist.is_master,
         )
 
+    def _restore_position(self, resume: dict[str, Any]) -> None:
+        """Put the data sampler and this rank's RNGs back where the checkpointed run left them."""
+        position = resume.get("data_position")
+        if position is not None:
+            self.batch_generator.set_state(position["batch_generator"])
+            self.windows_drawn = int(position["windows_drawn"])
+        states = resume.get("rng")
+        if isinstance(states, dict):  # written by a version that kept one state, and the sampler's, there
+            if "batches" in states:
+                self.batch_generator.set_state(states["batches"])
+            states = [states]
+        if not states:
+            return
+        if len(states) == self.dist.world_size:
+            _restore_rng(states[self.dist.rank])
+        else:
+            self.echo(f"note: checkpoint was written by {len(states)} rank(s), this run has "
+                      f"{self.dist.world_size}; dropout and other RNGs restart from seed + rank")
+
     def echo(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.dist.is_master:
             tqdm.write(message, file=sys.stdout)
 
     def _fit_vocab(self, model_config: GPTConfig) -> GPTConfig:
@@ -141,13 +169,22 @@ class Trainer:
         )
 
     def save(self, name: str) -> None:
+        # Every rank takes part (FSDP gathers the shards, each rank sends its RNG state); rank 0 writes.
+        full_weights = self.dist.model_state(self.model)
+        optimizer_state = self.dist.optimizer_state(self.model, self.optimizer)
+        rng_per_rank = self.dist.gather(_rng_state())
+        if not self.dist.is_master:
+            return
         state = checkpoint.model_state(self.model, self.model_config, self.tokenizer_meta)
+        if full_weights is not None:
+            state["model"] = full_weights
         state.update(
-            optimizer=self.optimizer.state_dict(),
+            optimizer=optimizer_state,
             iter_num=self.iter_num,
             best_val_loss=self.best_val_loss,
             config=self.config_dict,
-            rng=_rng_state(self.batch_generator),
+            rng=rng_per_rank,
+            data_position={"batch_generator": self.batch_generator.get_state(), "windows_drawn": self.windows_drawn},
         )
         checkpoint.save_checkpoint(self.out_dir / name, state)
 
@@ -157,18 +194,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        for _ in range(c.gradient_accumulation_steps):
-            x, y = self.dataset.get_batch("train", c.batch_size, self.model_config.block_size, self.batch_generator)
+        for micro_step in range(c.gradient_accumulation_steps):
+            x, y = self.dataset.get_batch("train", c.batch_size, self.model_config.block_size, self.batch_generator,
+                                          self.dist.rank, self.dist.world_size)
+            self.windows_drawn += c.batch_size * self.dist.world_size
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.ctx:
-                _, loss = self.step_model(x, y)
-                loss = loss / c.gradient_accumulation_steps
-            self.scaler.scale(loss).backward()
+            with self.dist.gradient_sync(self.wrapped_model, micro_step == c.gradient_accumulation_steps - 1):
+                with self.ctx:
+                    _, loss = self.step_model(x, y)
+                    loss = loss / c.gradient_accumulation_steps
+                self.scaler.scale(loss).backward()
             total += loss.item()
+        total = self.dist.mean(total)
         grad_norm = 0.0
         if c.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+            grad_norm = self.dist.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -203,10 +244,13 @@ class Trainer:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
             self.logger.finish()
+            self.dist.close()
             return {"iter_num": self.iter_num, "full_val_loss": loss}
-        tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * self.model_config.block_size
+        global_batch = c.batch_size * c.gradient_accumulation_steps * self.dist.world_size
+        tokens_per_iter = global_batch * self.model_config.block_size
         start_iter = self.iter_num
-        bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if self.quiet else None, unit="it",
+        hide_bar = self.quiet or not self.dist.is_master
+        bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
                    dynamic_ncols=True, leave=False)
         t_start = t_last = time.time()
         self.model.train()
@@ -234,6 +278,7 @@ class Trainer:
         loss = self.report_full_val()
         self.logger.finish()
         self.echo(f"trained {self.iter_num - start_iter} iterations in {train_time:.1f}s; checkpoints in {self.out_dir}")
+        self.dist.close()
         return {"iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "full_val_loss": loss,
                 "train_time": train_time}
 

@@ -6,6 +6,7 @@ import sys
 SUBCOMMANDS = {
     "generate": "model.bench.generate",  # sampling speed against transformers (issue: fast generation)
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
+    "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
 }
 
 

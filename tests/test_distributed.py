@@ -1,0 +1,69 @@
+"""Data parallelism under torchrun (gloo on the CPU): 2 ranks x batch B train like 1 process x batch 2B."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_overrides
+from model.config import load_config
+from model.data import TokenDataset
+from model.trainer import train
+
+
+def train_losses(out_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in records if "loss" in r}
+
+
+def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "ckpt.pt", weights_only=True)["model"]
+
+
+def run_torchrun(nproc: int, overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "train.py", *args, "--quiet"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ranks_take_their_slice_of_one_global_batch(char_data_dir: Path):
+    dataset = TokenDataset(char_data_dir / "tiny")
+    x, y = dataset.get_batch("train", 8, 16, torch.Generator().manual_seed(3))
+    parts = [dataset.get_batch("train", 4, 16, torch.Generator().manual_seed(3), rank, 2) for rank in (0, 1)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x)
+    assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    assert not torch.equal(parts[0][0], parts[1][0])
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path: Path, char_data_dir: Path, fsdp: bool):
+    common = dict(max_iters=6, log_interval=1, eval_interval=100, gradient_accumulation_steps=2, dtype="float32",
+                  warmup_iters=2, lr_decay_iters=6)
+    single = tmp_path / "single"
+    model_config, train_config = load_config(None, tiny_overrides(char_data_dir, single, batch_size=8, **common))
+    train(model_config, train_config, quiet=True)
+
+    ranks = tmp_path / "ranks"
+    done = run_torchrun(2, tiny_overrides(char_data_dir, ranks, batch_size=4, fsdp=fsdp, **common))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    expected, got = train_losses(single), train_losses(ranks)
+    assert sorted(got) == list(range(1, 7))
+    assert sorted(expected) == sorted(got)
+    for it in expected:
+        assert got[it] == pytest.approx(expected[it], abs=1e-5), it
+    a, b = final_weights(single), final_weights(ranks)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0, msg=name)
+    # only rank 0 wrote: one metrics line per step plus the evaluations, no duplicates
+    lines = [len((out / "metrics.jsonl").read_text().splitlines()) for out in (single, ranks)]
+    assert lines[0] == lines[1]
