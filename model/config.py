@@ -123,6 +123,8 @@ class TrainConfig:
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    on_nan: str = "stop"
+    """When a step's loss or gradients are NaN or inf: 'stop' the run, or 'skip' the step; it is never applied."""
     # learning rate schedule
     decay_lr: bool = True
     """Use linear warmup then cosine decay; False keeps learning_rate constant."""
@@ -153,6 +155,8 @@ class TrainConfig:
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.on_nan not in ON_NAN:
+            raise ConfigError(f"on_nan must be one of {', '.join(ON_NAN)}; got '{self.on_nan}'")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -160,6 +164,7 @@ class TrainConfig:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ON_NAN = ("stop", "skip")
 _SECTIONS = (GPTConfig, TrainConfig)
 
 
