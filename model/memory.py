@@ -31,14 +31,18 @@ CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 
 
 def count_parameters(model_config: GPTConfig) -> int:
-    """Parameters of the GPT described by model_config, counted on the meta device (no memory used).
-
-    The parameter report (model/report.py) can take this over once it exists.
+    """Parameters of the GPT that model_config describes (tied tables counted once), by formula: building
+    it, even on the meta device, would cost seconds for big configs. tests/test_reliability.py checks it
+    against GPT.num_params(); the parameter report (model/report.py) can take this over once it exists.
     """
-    from model.gpt import GPT
-
-    with torch.device("meta"):
-        return GPT(model_config).num_params()
+    C, r, bias = model_config.n_embd, model_config.mlp_ratio, int(model_config.bias)
+    layer_norm = C + bias * C
+    attention = C * 3 * C + bias * 3 * C + C * C + bias * C  # c_attn (q, k, v together) and c_proj
+    mlp = C * r * C + bias * r * C + r * C * C + bias * C  # c_fc and c_proj
+    block = 2 * layer_norm + attention + mlp
+    tables = (model_config.vocab_size + model_config.block_size) * C  # wte and wpe
+    lm_head = 0 if model_config.tie_weights else C * model_config.vocab_size
+    return model_config.n_layer * block + layer_norm + tables + lm_head
 
 
 @dataclass(frozen=True)
