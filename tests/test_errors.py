@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +43,6 @@ def fails_with_one_line(capsys, main, argv: list[str], *expected: str) -> str:
 def leftovers(folder: Path) -> list[str]:
     """Temporary files a crashed write could leave behind."""
     return [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".write-test")]
-
-
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory, shakespeare_text) -> Path:
-    from model.data import prepare
-
-    root = tmp_path_factory.mktemp("trained")
-    (root / "corpus.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")  # as the `corpus` fixture
-    prepare("tiny", root / "data", input_path=str(root / "corpus.txt"), tokenizer="char")
-    values = tiny_overrides(root / "data", root / "out", max_iters=2, eval_interval=1, eval_iters=1)
-    assert train_main(flags(values) + ["--quiet"]) == 0
-    return root / "out"
-
-
-@pytest.fixture
-def trained(trained_once: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the out_dir of a two-iteration run on the 'tiny' dataset (block_size 32), whose
-    vocabulary is char_data_dir's."""
-    return Path(shutil.copytree(trained_once, tmp_path / "out"))
 
 
 # -- configs --------------------------------------------------------------------------------------
