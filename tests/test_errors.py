@@ -11,8 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
 
 from conftest import tiny_overrides
@@ -235,3 +233,8 @@ def test_memory_beyond_the_machine_fails_before_allocating(capsys, char_data_dir
     n_params = L * (12 * C * C + 13 * C) + 2 * C + (V + T) * C
     assert f"{n_params / 1e6:,.1f}M parameters take {n_params * 16 / 1e9:,.1f} GB" in line
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_adam_beta_out_of_range(capsys, tmp_path):
+    # once a ValueError traceback from inside torch.optim.AdamW
+    fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--beta2=1.5"], "beta2 must be in [0, 1)")

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT, tiny_overrides
 from model import checkpoint
