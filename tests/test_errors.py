@@ -107,32 +107,30 @@ def test_corrupted_bin(capsys, char_data_dir, tmp_path):
     assert not (tmp_path / "out" / "ckpt.pt").exists()
 
 
+def edited_meta(data_dir: Path, **changes) -> dict:
+    """Rewrite the 'tiny' dataset's meta.json with top-level `changes`; returns the original meta."""
+    meta_path = data_dir / "tiny" / "meta.json"
+    original = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**original, **changes}))
+    return original
+
+
 def test_meta_dtype_does_not_match_bin(capsys, char_data_dir, tmp_path):
-    meta_path = char_data_dir / "tiny" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["dtype"] = "uint32"  # the files hold uint16
-    meta_path.write_text(json.dumps(meta))
+    edited_meta(char_data_dir, dtype="uint32")  # the files hold uint16
     fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
                         "does not match meta.json", "uint32")
 
 
 def test_meta_vocabulary_does_not_match_bin(capsys, char_data_dir, tmp_path):
-    meta_path = char_data_dir / "tiny" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    chars = meta["tokenizer"]["chars"][:20]  # a consistent meta.json, but for a smaller vocabulary
-    meta["tokenizer"].update(chars=chars, vocab_size=20)
-    meta["vocab_size"] = 20
-    meta_path.write_text(json.dumps(meta))
+    tokenizer = json.loads((char_data_dir / "tiny" / "meta.json").read_text())["tokenizer"]
+    # a consistent meta.json, but for a smaller vocabulary than the .bin files use
+    edited_meta(char_data_dir, vocab_size=20, tokenizer={**tokenizer, "chars": tokenizer["chars"][:20], "vocab_size": 20})
     fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
                         "train.bin holds token id", "20 tokens")
 
 
 def test_meta_vocab_size_disagrees_with_its_tokenizer(capsys, char_data_dir, tmp_path):
-    meta_path = char_data_dir / "tiny" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    real = meta["vocab_size"]
-    meta["vocab_size"] = 50
-    meta_path.write_text(json.dumps(meta))
+    real = edited_meta(char_data_dir, vocab_size=50)["vocab_size"]
     fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
                         f"vocab_size 50 does not match its tokenizer's ({real})")
 
