@@ -52,8 +52,8 @@ def step_is_bad(
         echo(f"iteration {iter_num}: {what}; skipped this step (on_nan=skip)")
         return True
     raise TinyGPTError(
-        f"iteration {iter_num}: {what}; stopped without applying the step, so ckpt.pt and best.pt hold "
-        f"the last good weights (try a lower learning_rate, or --on_nan=skip to drop such steps)"
+        f"iteration {iter_num}: {what}; stopped without applying the step, so the checkpoints in out_dir "
+        f"keep the last good weights (try a lower learning_rate, or --on_nan=skip to drop such steps)"
     )
 
 

@@ -73,6 +73,7 @@ class Trainer:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.ctx = autocast(self.device, self.dtype)
         self.out_dir = _make_out_dir(config.out_dir)
+        checkpoint.remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)

@@ -97,13 +97,14 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp
         while not (out / "ckpt.pt").exists():  # the first round: until there is something to lose
             assert proc.poll() is None
             time.sleep(0.01)
+        saving = lambda: any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())  # noqa: E731
         if round == 0:  # catch a save in the act: kill when its temporary file appears
             deadline = time.time() + 30
-            while not any(".tmp" in p.name for p in out.iterdir()) and time.time() < deadline:
+            while not saving() and time.time() < deadline:
                 time.sleep(0.0005)
         else:
             time.sleep(rng.uniform(0.0, 0.5))
-        killed_during_save += any(".tmp" in p.name for p in out.iterdir())
+        killed_during_save += saving()
         proc.kill()
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
@@ -116,6 +117,19 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp
 
     values = tiny_overrides(char_data_dir, out, init_from="resume", max_iters=last_iter + 2, lr_decay_iters=10**6)
     assert train(*load_config(None, values), quiet=True)["iter_num"] == last_iter + 2
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []  # the killed saves' leftovers are gone
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".ckpt.pt.tmp{finished.pid}"
+    alive = tmp_path / f".best.pt.tmp{os.getpid()}"
+    keep = tmp_path / "ckpt.pt"
+    for path in (dead, alive, keep):
+        path.write_bytes(b"x")
+    assert checkpoint.remove_stale_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, keep.name])
 
 
 def test_interrupting_a_huge_generation_keeps_the_output(trained):

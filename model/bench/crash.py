@@ -40,9 +40,11 @@ def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) ->
     for r in range(rounds):
         init = "resume" if (out / "ckpt.pt").exists() else "scratch"
         proc = start_training(flags + [f"--init_from={init}"])
+        while not (out / "ckpt.pt").exists():  # first round: until there is a checkpoint to lose
+            time.sleep(0.01)
         delay = rng.uniform(0.0, 1.0)
         time.sleep(delay)
-        saving = any(".tmp" in p.name for p in out.iterdir())
+        saving = any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())
         proc.kill()
         proc.communicate()
         t0 = time.perf_counter()
@@ -54,7 +56,9 @@ def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) ->
         mid_save += saving
         loaded += ok
         print(f"{r:>5} {delay:>11.2f}s {'yes' if saving else 'no':>8} {'yes' if ok else 'NO':>13} {iter_num:>8} {load_ms:>7.1f}")
-    print(f"SIGKILL: {loaded}/{rounds} checkpoints loadable, {mid_save} kills during a save")
+    leftovers = sum(".tmp" in p.name for p in out.iterdir())
+    print(f"SIGKILL: {loaded}/{rounds} checkpoints loadable, {mid_save} kills during a save, "
+          f"{leftovers} temporary files left (the next run removes them)")
 
 
 def sigterm_round(flags: list[str], out: Path) -> None:
