@@ -55,6 +55,9 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. disk full: the old file (if any) is untouched
+        tmp.unlink(missing_ok=True)
+        raise TinyGPTError(f"could not write {path}: {e.strerror or e}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

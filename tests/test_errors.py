@@ -236,3 +236,15 @@ def test_memory_beyond_the_machine_fails_before_allocating(capsys, char_data_dir
 def test_adam_beta_out_of_range(capsys, tmp_path):
     # once a ValueError traceback from inside torch.optim.AdamW
     fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--beta2=1.5"], "beta2 must be in [0, 1)")
+
+
+def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypatch):
+    import model.data
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model.data.os, "fsync", disk_full)
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
+                        "could not write", "train.bin", "No space left on device")
+    assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
