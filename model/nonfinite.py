@@ -15,6 +15,7 @@ import torch
 
 from model.errors import TinyGPTError
 
+
 def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     """The global L2 norm of the gradients (NaN or inf if any gradient element is)."""
     grads = [p.grad for p in parameters if p.grad is not None]

@@ -1,5 +1,5 @@
-"""A run survives SIGKILL at any moment, stops cleanly on SIGINT/SIGTERM, never applies a NaN step,
-and refuses up front a config that cannot fit in memory."""
+"""A run survives SIGKILL at any moment, stops cleanly on SIGINT/SIGTERM and never applies a NaN step;
+a huge generation can be interrupted; the memory check counts parameters like the model does."""
 
 from __future__ import annotations
 
