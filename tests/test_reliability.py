@@ -104,9 +104,9 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp
                 time.sleep(0.0005)
         else:
             time.sleep(rng.uniform(0.0, 0.5))
-        killed_during_save += saving()
         proc.kill()
         proc.communicate(timeout=30)
+        killed_during_save += saving()  # a killed save leaves its temporary file behind
         assert proc.returncode == -signal.SIGKILL
         ckpt = checkpoint.load_checkpoint(out / "ckpt.pt")  # raises if torn
         assert ckpt["iter_num"] >= last_iter

@@ -6,7 +6,7 @@ import sys
 SUBCOMMANDS = {
     "generate": "model.bench.generate",  # sampling speed against transformers (issue: fast generation)
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
-    "crash": "model.bench.crash",  # SIGKILL/SIGTERM survival and the cost of the safety checks (issue 8)
+    "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate (issue 8)
 }
 
 

@@ -1,14 +1,16 @@
-"""Crash safety, measured: kill -9 a training run at random moments, stop one with SIGTERM, and time
-what the per-step safety checks cost.
+"""Safety, measured: kill -9 a training run at random moments, stop one with SIGTERM, time what the
+per-step safety checks cost, and compare the up-front memory estimate with a real run's memory.
 
-    python -m model.bench crash [--rounds=10] [--seed=0]
+    python -m model.bench safety [--rounds=10] [--seed=0]
 
-The run saves ckpt.pt at every iteration (eval_interval=1), so many kills land in the middle of a
-save. After each kill the checkpoint must load and the next round resumes from it.
+The run saves ckpt.pt at every iteration (eval_interval=1); even rounds kill it at a random moment,
+odd rounds as soon as a save has started. After each kill the checkpoint must load and the next
+round resumes from it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -35,27 +37,36 @@ def start_training(flags: list[str]) -> subprocess.Popen:
 def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) -> None:
     from model.checkpoint import load_checkpoint
 
-    print(f"{'round':>5} {'killed after':>12} {'mid-save':>8} {'ckpt.pt loads':>13} {'iter_num':>8} {'load ms':>7}")
+    print(f"{'round':>5} {'killed':>14} {'mid-save':>8} {'ckpt.pt loads':>13} {'iter_num':>8} {'load ms':>7}")
     mid_save = loaded = 0
     for r in range(rounds):
         init = "resume" if (out / "ckpt.pt").exists() else "scratch"
         proc = start_training(flags + [f"--init_from={init}"])
         while not (out / "ckpt.pt").exists():  # first round: until there is a checkpoint to lose
             time.sleep(0.01)
-        delay = rng.uniform(0.0, 1.0)
-        time.sleep(delay)
-        saving = any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())
+        # a save in progress has a temporary file named after the process; killed, it stays behind
+        saving = lambda: any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())  # noqa: E731
+        if r % 2:  # odd rounds aim at a save: kill as soon as its temporary file appears
+            t0 = time.perf_counter()
+            while not saving() and time.perf_counter() - t0 < 30:
+                time.sleep(0.0005)
+            when = "at a save"
+        else:
+            delay = rng.uniform(0.0, 1.0)
+            time.sleep(delay)
+            when = f"after {delay:.2f}s"
         proc.kill()
         proc.communicate()
+        killed_mid_save = saving()
         t0 = time.perf_counter()
         try:
             iter_num, ok = load_checkpoint(out / "ckpt.pt")["iter_num"], True
         except Exception as e:  # reported, not raised: this is what the benchmark measures
             iter_num, ok = f"{type(e).__name__}", False
         load_ms = (time.perf_counter() - t0) * 1000
-        mid_save += saving
+        mid_save += killed_mid_save
         loaded += ok
-        print(f"{r:>5} {delay:>11.2f}s {'yes' if saving else 'no':>8} {'yes' if ok else 'NO':>13} {iter_num:>8} {load_ms:>7.1f}")
+        print(f"{r:>5} {when:>14} {'yes' if killed_mid_save else 'no':>8} {'yes' if ok else 'NO':>13} {iter_num:>8} {load_ms:>7.1f}")
     leftovers = sum(".tmp" in p.name for p in out.iterdir())
     print(f"SIGKILL: {loaded}/{rounds} checkpoints loadable, {mid_save} kills during a save, "
           f"{leftovers} temporary files left (the next run removes them)")
@@ -100,6 +111,30 @@ def check_costs(values: dict[str, str]) -> None:
           f"(computes the norm) {norm * 1e6:.0f} us | token-id check {ids * 1e6:.1f} us")
 
 
+MEMORY_PROBE = dict(n_layer="6", n_head="6", n_embd="384", block_size="256", batch_size="16")
+"""nanoGPT's Shakespeare 'baby GPT' (10.7M parameters), at a batch size that fits a laptop."""
+
+
+def memory_probe(values: dict[str, str]) -> None:
+    """Run in a fresh process: the estimate next to the growth of peak RSS over three training steps."""
+    import resource
+
+    from model.config import load_config
+    from model.memory import estimate_training_memory
+    from model.trainer import Trainer
+
+    model_config, config = load_config(None, {**values, **MEMORY_PROBE, "init_from": "scratch"})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    trainer = Trainer(model_config, config, quiet=True)
+    for _ in range(3):
+        trainer.train_step(1e-4)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    e = estimate_training_memory(trainer.model_config, config, trainer.dtype)
+    print(f"memory ({e.n_params / 1e6:.1f}M params, batch {config.batch_size} x {model_config.block_size}): "
+          f"estimate {e.total_bytes / 1e6:,.0f} MB (state {e.state_bytes / 1e6:,.0f} MB + activations "
+          f"{e.activation_bytes / 1e6:,.0f} MB) | measured peak RSS growth {grown / 1e6:,.0f} MB")
+
+
 def main(argv: list[str] | None = None) -> int:
     from model.cli import OneLineArgumentParser
     from model.data import prepare
@@ -107,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)  # data_dir, for the subprocess
     args = parser.parse_args(argv)
+    if args.memory_probe:
+        memory_probe(dict(data_dir=args.memory_probe, out_dir=str(Path(args.memory_probe).parent / "probe"),
+                          device="cpu", dataset="shakespeare_char"))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, out = Path(tmp) / "data", Path(tmp) / "out"
         prepare("shakespeare_char", data_dir)
@@ -117,4 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         kill_rounds(flags, out, args.rounds, random.Random(args.seed))
         sigterm_round(flags, out)
         check_costs(values)
+        subprocess.run([sys.executable, "-m", "model.bench", "safety", f"--memory_probe={data_dir}"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     return 0
