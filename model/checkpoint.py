@@ -51,6 +51,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise
 
 
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed mid-write (their process is gone), so a
+    run that is killed often doesn't fill the disk with half checkpoints."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
+        return []
+    removed = []
+    for tmp in Path(out_dir).glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
 def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokenizer_meta: dict) -> dict[str, Any]:
     """The part of a checkpoint needed to sample: weights, model config, tokenizer."""
     return {

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from model.errors import TinyGPTError
+from model.errors import Interrupted, TinyGPTError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -27,6 +27,9 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
         except TinyGPTError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_ERROR
+        except Interrupted as e:
+            print(e, file=sys.stderr)
+            return e.exit_code
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

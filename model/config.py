@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -123,6 +124,8 @@ class TrainConfig:
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    on_nan: str = "stop"
+    """When a step's loss or gradients are NaN or inf: 'stop' the run, or 'skip' the step; it is never applied."""
     # learning rate schedule
     decay_lr: bool = True
     """Use linear warmup then cosine decay; False keeps learning_rate constant."""
@@ -156,6 +159,11 @@ class TrainConfig:
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.on_nan not in ON_NAN:
+            raise ConfigError(f"on_nan must be one of {', '.join(ON_NAN)}; got '{self.on_nan}'")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -163,6 +171,7 @@ class TrainConfig:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ON_NAN = ("stop", "skip")
 _SECTIONS = (GPTConfig, TrainConfig)
 
 
@@ -219,6 +228,12 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(names)}")
 
 
+def _finite(key: str, number: float) -> float:
+    if not math.isfinite(number):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {number}")
+    return number
+
+
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """Check (TOML values) or parse (command-line strings) `value` against the field type `hint`."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -242,10 +257,10 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
                     pass
         elif t is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                return _finite(key, float(value))
             if from_cli:
                 try:
-                    return float(value)
+                    return _finite(key, float(value))
                 except ValueError:
                     pass
         elif t is str:

@@ -55,6 +55,9 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. disk full: the old file (if any) is untouched
+        tmp.unlink(missing_ok=True)
+        raise TinyGPTError(f"could not write {path}: {e.strerror or e}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -210,6 +213,11 @@ class TokenDataset:
             raise TinyGPTError(f"{meta_path}: dtype must be uint16 or uint32, got {self.dtype}")
         if self.vocab_size > np.iinfo(self.dtype).max + 1:
             raise TinyGPTError(f"{meta_path}: vocab_size {self.vocab_size} does not fit dtype {self.dtype}")
+        tokenizer_vocab = self.meta.get("tokenizer", {}).get("vocab_size")
+        if tokenizer_vocab != self.vocab_size:
+            raise TinyGPTError(
+                f"{meta_path}: vocab_size {self.vocab_size} does not match its tokenizer's ({tokenizer_vocab})"
+            )
         self.splits = {split: self._open_split(split) for split in ("train", "val")}
 
     def _open_split(self, split: str) -> Shards:
@@ -232,6 +240,15 @@ class TokenDataset:
             raise TinyGPTError(f"{path} has fewer than 2 tokens")
         return np.memmap(path, dtype=self.dtype, mode="r")
 
+    def _check_ids(self, ids: np.ndarray, split: str) -> None:
+        # An id the vocabulary doesn't have means a corrupted .bin (or one from another preparation); the
+        # embedding lookup would otherwise fail with an index error deep inside the model.
+        if ids.size and int(ids.max()) >= self.vocab_size:
+            raise TinyGPTError(
+                f"{self.folder / split}.bin holds token id {int(ids.max())} but meta.json's vocabulary has "
+                f"{self.vocab_size} tokens; the file is corrupted or from another preparation; prepare it again"
+            )
+
     def tokenizer(self):
         return tokenizers.from_meta(self.meta["tokenizer"])
 
@@ -248,6 +265,7 @@ class TokenDataset:
         block_size = min(block_size, shards.longest - 1)
         starts = torch.randint(shards.starts(block_size), (world_size * batch_size,), generator=generator).numpy()
         rows = shards.windows(starts[rank * batch_size : (rank + 1) * batch_size], block_size + 1)  # (B, T+1)
+        self._check_ids(rows, split)
         rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
 
@@ -257,6 +275,7 @@ class TokenDataset:
         from model.gpt import IGNORE_INDEX
 
         data = self.splits[split].concatenated()
+        self._check_ids(data, split)
         n_targets = len(data) - 1
         n_windows = -(-n_targets // block_size)
         x = np.zeros(n_windows * block_size, dtype=np.int64)

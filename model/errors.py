@@ -11,3 +11,12 @@ class TinyGPTError(Exception):
 
 class ConfigError(TinyGPTError):
     """An unknown config key, a value of the wrong type, or values that don't fit together."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the CLI prints the message and
+    exits with `exit_code` (128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -60,5 +60,6 @@ def generate(
         context = idx if idx.size(1) <= block_size else idx[:, -block_size:]
         logits, _ = model(context)
         next_ids = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-        idx = torch.cat((idx, next_ids[:, None]), dim=1)
+        # only the last block_size tokens are ever looked at again, so a huge max_new_tokens stays bounded
+        idx = torch.cat((context, next_ids[:, None]), dim=1)  # (B, <= block_size + 1)
         yield next_ids

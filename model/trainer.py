@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import checkpoint, data
+from model import checkpoint, data, memory, nonfinite, signals
 from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
 from model.distributed import Distributed
@@ -23,6 +23,7 @@ from model.gpt import GPT
 from model.logger import RunLogger
 from model.optim import learning_rate, make_optimizer
 from model.report import Report
+from model.resume import model_config_for_resume
 
 
 def open_dataset(config: TrainConfig, echo=print) -> data.TokenDataset:
@@ -73,6 +74,8 @@ class Trainer:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.ctx = autocast(self.device, self.dtype)
         self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
+        if self.dist.is_master:
+            checkpoint.remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         random.seed(config.seed + self.dist.rank)
         np.random.seed((config.seed + self.dist.rank) % 2**32)
@@ -90,12 +93,14 @@ class Trainer:
         resume = None
         if config.init_from == "resume":
             resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
-            model_config = checkpoint.model_config_from(resume)
+            model_config = model_config_for_resume(resume, model_config, self.dataset.meta, self.out_dir / checkpoint.LATEST)
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
         elif config.init_from != "scratch":
             raise TinyGPTError(f"init_from must be 'scratch' or 'resume', got '{config.init_from}'")
         model_config = self._fit_vocab(model_config)
         self.model_config = model_config
+        memory.check_fits(model_config, config, self.device, self.dtype)  # before allocating anything
+        self.stop = signals.GracefulStop()  # active inside train(); polled after every step
 
         self.model = GPT(model_config)
         if resume is not None:
@@ -210,6 +215,10 @@ class Trainer:
         if c.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = self.dist.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+        if nonfinite.step_is_bad(total, grad_norm if c.grad_clip > 0 else None, self.model.parameters(),
+                                 self.iter_num, c.on_nan, self.echo, check_grads=not self.scaler.is_enabled()):
+            nonfinite.drop_step(self.optimizer, self.scaler)
+            return total, grad_norm
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -261,6 +270,11 @@ class Trainer:
             lr = learning_rate(self.iter_num, c)
             loss, grad_norm = self.train_step(lr)
             self.iter_num += 1
+            if self.stop.requested:
+                self.save(checkpoint.LATEST)
+                bar.close()
+                self.logger.finish()
+                raise self.stop.interrupted(self.iter_num, self.out_dir / checkpoint.LATEST)
             now = time.time()
             dt, t_last = now - t_last, now
             tokens_per_sec = tokens_per_iter / max(dt, 1e-9)
@@ -284,4 +298,6 @@ class Trainer:
 
 
 def train(model_config: GPTConfig, config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
-    return Trainer(model_config, config, quiet).run()
+    trainer = Trainer(model_config, config, quiet)
+    with trainer.stop:
+        return trainer.run()

@@ -54,3 +54,25 @@ def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
     )
     values.update(extra)
     return {k: str(v) for k, v in values.items()}
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, shakespeare_text) -> Path:
+    """out_dir of a two-iteration run (block_size 32) on a dataset with char_data_dir's vocabulary."""
+    from model.cli import train_main
+    from model.data import prepare
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "corpus.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")  # as the `corpus` fixture
+    prepare("tiny", root / "data", input_path=str(root / "corpus.txt"), tokenizer="char")
+    values = tiny_overrides(root / "data", root / "out", max_iters=2, eval_interval=1, eval_iters=1)
+    assert train_main([f"--{k}={v}" for k, v in values.items()] + ["--quiet"]) == 0
+    return root / "out"
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Path:
+    """A fresh copy of trained_once's out_dir, free to modify."""
+    import shutil
+
+    return Path(shutil.copytree(trained_once, tmp_path / "out"))

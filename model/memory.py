@@ -1,0 +1,97 @@
+"""A rough estimate of the memory a training run needs, checked before anything big is allocated.
+
+Without it, a config that cannot fit (a typo such as n_embd=76800) is found out by the operating
+system's out-of-memory killer minutes later, or by a machine that swaps itself to a standstill. The
+estimate is deliberately simple and is compared with the machine's *total* memory, so only configs
+that cannot possibly fit are refused:
+
+    weights + gradients + AdamW's two moments   16 bytes per parameter (all kept in float32)
+    activations kept for the backward pass      per layer about B*T*(34*C + 5*n_head*T) values
+                                                (Korthikanti et al. 2022, "Reducing Activation
+                                                Recomputation in Large Transformer Models", sec. 4.1)
+    logits                                      B*T*vocab float32 values, about 3 copies (logits,
+                                                softmax, their gradient)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.config import GPTConfig, TrainConfig
+from model.errors import TinyGPTError
+
+BYTES_PER_PARAM = 4 + 4 + 8
+"""float32 weight, float32 gradient, AdamW's exp_avg and exp_avg_sq."""
+CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
+"""A container's memory limit (cgroup v2), often smaller than the host's RAM."""
+
+
+def count_parameters(model_config: GPTConfig) -> int:
+    """Parameters of the GPT that model_config describes (tied tables counted once), from the parameter
+    report's analytic count: nothing is allocated, even for a 175B config."""
+    from model.report import Report
+
+    return Report(model_config).total
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    n_params: int
+    state_bytes: int
+    """Weights, gradients and optimizer state."""
+    activation_bytes: int
+    """Activations of one micro-batch, kept for the backward pass, including the logits."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+
+def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype: torch.dtype) -> MemoryEstimate:
+    B, T, C = config.batch_size, model_config.block_size, model_config.n_embd
+    activation_size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
+    activations = model_config.n_layer * per_layer_16bit * activation_size // 2
+    logits = 3 * B * T * model_config.vocab_size * 4
+    n_params = count_parameters(model_config)
+    return MemoryEstimate(n_params, n_params * BYTES_PER_PARAM, activations + logits)
+
+
+def machine_memory(device: str) -> int | None:
+    """Total memory of the device that will hold the model, in bytes; None when it can't be told."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # e.g. Windows
+        return None
+    try:
+        limit = CGROUP_LIMIT.read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def _gb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB"
+
+
+def check_fits(model_config: GPTConfig, config: TrainConfig, device: str, dtype: torch.dtype) -> MemoryEstimate:
+    """Raise TinyGPTError, before the model is built, when the run cannot fit in the device's memory."""
+    estimate = estimate_training_memory(model_config, config, dtype)
+    available = machine_memory(device)
+    if available is not None and estimate.total_bytes > available:
+        raise TinyGPTError(
+            f"this config needs about {_gb(estimate.total_bytes)} but {device} has {_gb(available)}: "
+            f"{estimate.n_params / 1e6:,.1f}M parameters take {_gb(estimate.state_bytes)} with gradients and "
+            f"AdamW state, and activations for batch_size={config.batch_size} x block_size="
+            f"{model_config.block_size} about {_gb(estimate.activation_bytes)}; make the model, batch_size "
+            f"or block_size smaller"
+        )
+    return estimate

@@ -1,0 +1,60 @@
+"""Stopping a training run cleanly on Ctrl-C (SIGINT) or `kill` (SIGTERM, as sent by schedulers).
+
+Python's default reaction to Ctrl-C is a KeyboardInterrupt wherever the program happens to be, which
+would throw away everything since the last evaluation. Instead, while a `GracefulStop` is active, the
+first signal only raises a flag: the training loop finishes the step it is in, saves ckpt.pt and
+exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), like a shell does. A second
+signal means the user insists: it stops at once (checkpoints are written atomically, so the previous
+one is still whole).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from model.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    """Context manager that turns SIGINT/SIGTERM into a flag the training loop polls via `requested`.
+
+    Outside the main thread (where Python cannot install signal handlers) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # second signal: stop now, without the final save
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def interrupted(self, iter_num: int, saved: Path) -> Interrupted:
+        """The exception that ends the run once the checkpoint at `saved` is written."""
+        name = signal.Signals(self.signum).name
+        return Interrupted(
+            f"{name} received: stopped after iteration {iter_num} and saved {saved}; "
+            f"continue with --init_from=resume",
+            128 + self.signum,
+        )

@@ -1,0 +1,250 @@
+"""Bad input ends in one clear line on stderr and a non-zero exit: no traceback, no half-written file.
+
+One test per case from issue 8. The command-line entry points run in-process (`train_main([...])`,
+the same function train.py calls), so each case costs a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_overrides
+from model.cli import prepare_main, sample_main, train_main
+
+
+def vocab_size(data_dir: Path) -> int:
+    return json.loads((data_dir / "tiny" / "meta.json").read_text())["vocab_size"]
+
+
+def flags(values: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def fails_with_one_line(capsys, main, argv: list[str], *expected: str) -> str:
+    """Run an entry point; check exit status 1 and a single `error: ...` line holding `expected`."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files a crashed write could leave behind."""
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".write-test")]
+
+
+# -- configs --------------------------------------------------------------------------------------
+def test_unknown_config_key(capsys, tmp_path):
+    fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--n_layers=2"],
+                        "unknown config key 'n_layers'", "did you mean 'n_layer'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_type_on_the_command_line(capsys, tmp_path):
+    fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--batch_size=twelve"],
+                        "batch_size", "expects int", "'twelve'")
+
+
+def test_wrong_type_in_a_config_file(capsys, tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('learning_rate = "fast"\n')
+    fails_with_one_line(capsys, train_main, [str(path)], "learning_rate", "expects float")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    fails_with_one_line(capsys, train_main, [str(tmp_path / "nope.toml")], "config file not found", "nope.toml")
+
+
+def test_n_embd_not_divisible_by_n_head(capsys, char_data_dir, tmp_path):
+    values = tiny_overrides(char_data_dir, tmp_path / "out", n_embd=30, n_head=4)
+    fails_with_one_line(capsys, train_main, flags(values), "n_embd=30 is not divisible by n_head=4")
+
+
+# -- data -----------------------------------------------------------------------------------------
+def test_dataset_not_prepared(capsys, tmp_path):
+    out = tmp_path / "out"
+    values = tiny_overrides(tmp_path / "data", out, dataset="mine")
+    fails_with_one_line(capsys, train_main, flags(values), "dataset not prepared", "prepare.py --dataset=mine")
+    assert list(out.iterdir()) == []  # nothing written
+
+
+def test_empty_corpus(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}",
+                                               f"--input={tmp_path / 'empty.txt'}", "--tokenizer=char"], "is empty")
+    assert not (tmp_path / "x" / "meta.json").exists()
+
+
+def test_non_utf8_corpus(capsys, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café olé\n".encode("latin-1"))
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}",
+                                               f"--input={tmp_path / 'latin1.txt'}"], "not UTF-8", "offset 3")
+    assert not (tmp_path / "x" / "meta.json").exists()
+
+
+def test_truncated_bin(capsys, char_data_dir, tmp_path):
+    path = char_data_dir / "tiny" / "train.bin"
+    path.write_bytes(path.read_bytes()[:-101])
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
+                        "train.bin", "truncated")
+
+
+def test_corrupted_bin(capsys, char_data_dir, tmp_path):
+    path = char_data_dir / "tiny" / "train.bin"
+    path.write_bytes(b"\xff" * path.stat().st_size)  # right size, garbage ids
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
+                        "token id 65535", f"{vocab_size(char_data_dir)} tokens", "corrupted")
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def edited_meta(data_dir: Path, **changes) -> dict:
+    """Rewrite the 'tiny' dataset's meta.json with top-level `changes`; returns the original meta."""
+    meta_path = data_dir / "tiny" / "meta.json"
+    original = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**original, **changes}))
+    return original
+
+
+def test_meta_dtype_does_not_match_bin(capsys, char_data_dir, tmp_path):
+    edited_meta(char_data_dir, dtype="uint32")  # the files hold uint16
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
+                        "does not match meta.json", "uint32")
+
+
+def test_meta_vocabulary_does_not_match_bin(capsys, char_data_dir, tmp_path):
+    tokenizer = json.loads((char_data_dir / "tiny" / "meta.json").read_text())["tokenizer"]
+    # a consistent meta.json, but for a smaller vocabulary than the .bin files use
+    edited_meta(char_data_dir, vocab_size=20, tokenizer={**tokenizer, "chars": tokenizer["chars"][:20], "vocab_size": 20})
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
+                        "train.bin holds token id", "20 tokens")
+
+
+def test_meta_vocab_size_disagrees_with_its_tokenizer(capsys, char_data_dir, tmp_path):
+    real = edited_meta(char_data_dir, vocab_size=50)["vocab_size"]
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out")),
+                        f"vocab_size 50 does not match its tokenizer's ({real})")
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def test_checkpoint_vocabulary_does_not_match_dataset(capsys, trained, char_data_dir, tmp_path):
+    from model.data import prepare
+
+    trained_vocab = vocab_size(char_data_dir)
+    (tmp_path / "lower.txt").write_text("to be or not to be, that is the question\n" * 200)
+    prepare("tiny", char_data_dir, input_path=str(tmp_path / "lower.txt"), tokenizer="char")
+    before = (trained / "ckpt.pt").read_bytes()
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=4)),
+                        f"vocabulary of {trained_vocab} characters", "the dataset has 15 characters")
+    assert (trained / "ckpt.pt").read_bytes() == before
+
+
+def test_block_size_beyond_checkpoint_position_table(capsys, trained, char_data_dir):
+    values = tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=4, block_size=128)
+    fails_with_one_line(capsys, train_main, flags(values), "block_size=128 is beyond the position table", "(32 positions)")
+
+
+def test_prompt_outside_character_vocabulary(capsys, trained):
+    fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", "--start=naïve €", "--max_new_tokens=3"],
+                        "2 character(s) outside this character-level vocabulary", "'ï'", "'€'")
+
+
+class RunsCodeWhenUnpickled:
+    """A payload like a malicious checkpoint would carry: unpickling it creates a folder."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_checkpoint_that_would_run_code_is_refused(capsys, tmp_path):
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"model": RunsCodeWhenUnpickled(marker), "model_config": {}}, evil)
+    fails_with_one_line(capsys, sample_main, [f"--checkpoint={evil}"], "refusing to load", "could run code")
+    assert not marker.exists()
+    # the payload is real: an unsafe load would have run it
+    torch.load(evil, weights_only=False)
+    assert marker.is_dir()
+
+
+def test_resume_from_a_checkpoint_that_would_run_code_is_refused(capsys, char_data_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "code-ran"
+    torch.save({"model": RunsCodeWhenUnpickled(marker), "model_config": {}}, out / "ckpt.pt")
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, out, init_from="resume")),
+                        "refusing to load")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint(capsys, trained):
+    path = trained / "best.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    fails_with_one_line(capsys, sample_main, [f"--checkpoint={path}"], "not a readable checkpoint")
+
+
+# -- writing --------------------------------------------------------------------------------------
+def test_out_dir_that_cannot_be_written(capsys, char_data_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, blocker / "out")),
+                        "is not writable")
+
+
+def test_disk_full_while_saving(capsys, trained, char_data_dir, monkeypatch):
+    before = {name: (trained / name).read_bytes() for name in ("ckpt.pt", "best.pt")}
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    values = tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=4)
+    fails_with_one_line(capsys, train_main, flags(values), "could not write checkpoint", "No space left on device",
+                        "previous one is intact")
+    monkeypatch.undo()
+    for name, data in before.items():
+        assert (trained / name).read_bytes() == data
+    assert leftovers(trained) == []
+    from model.checkpoint import load_checkpoint
+
+    assert load_checkpoint(trained / "ckpt.pt")["iter_num"] == 2
+
+
+def test_memory_beyond_the_machine_fails_before_allocating(capsys, char_data_dir, tmp_path):
+    L, C, T, V = 96, 12288, 2048, vocab_size(char_data_dir)  # GPT-3 175B's shape, the dataset's vocabulary
+    values = tiny_overrides(char_data_dir, tmp_path / "out", n_layer=L, n_head=96, n_embd=C, block_size=T)
+    line = fails_with_one_line(capsys, train_main, flags(values), "this config needs about")
+    # per block: attention 4C^2 + 4C, MLP 8C^2 + 5C, two LayerNorms 4C; then ln_f and the two tables
+    n_params = L * (12 * C * C + 13 * C) + 2 * C + (V + T) * C
+    assert f"{n_params / 1e6:,.1f}M parameters take {n_params * 16 / 1e9:,.1f} GB" in line
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_adam_beta_out_of_range(capsys, tmp_path):
+    # once a ValueError traceback from inside torch.optim.AdamW
+    fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--beta2=1.5"], "beta2 must be in [0, 1)")
+
+
+def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypatch):
+    import model.data
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model.data.os, "fsync", disk_full)
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
+                        "could not write", "train.bin", "No space left on device")
+    assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json

@@ -1,0 +1,212 @@
+"""A run survives SIGKILL at any moment, stops cleanly on SIGINT/SIGTERM and never applies a NaN step;
+a huge generation can be interrupted; the memory check counts parameters like the model does."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, tiny_overrides
+from model import checkpoint
+from model.config import GPTConfig, TrainConfig, load_config
+from model.errors import TinyGPTError
+from model.gpt import GPT
+from model.memory import count_parameters
+from model.signals import GracefulStop
+from model.trainer import Trainer, train
+
+# A lone subprocess on a shared 2-core machine is much faster with one thread than fighting for two.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def flags(values: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+        assert time.time() < deadline, f"no line starting with {prefix!r} in {timeout}s"
+    raise AssertionError(f"process ended (status {proc.wait()}) before printing {prefix!r}: {proc.stderr.read()}")
+
+
+def run_forever(data_dir: Path, out_dir: Path, **extra) -> list[str]:
+    values = tiny_overrides(data_dir, out_dir, max_iters=10**6, lr_decay_iters=10**6, log_interval=1, **extra)
+    return flags(values)
+
+
+# -- signals --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_resume_continues(sig, char_data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = start("train.py", *run_forever(char_data_dir, out, eval_interval=10**6))  # no periodic saves
+    wait_for_line(proc, "iter 3:")
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"{sig.name} received: stopped after iteration "), lines[0]
+    stopped_at = int(lines[0].split("iteration ")[1].split()[0])
+    assert stopped_at >= 3
+    assert checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"] == stopped_at
+
+    values = tiny_overrides(char_data_dir, out, init_from="resume", max_iters=stopped_at + 2, lr_decay_iters=10**6)
+    summary = train(*load_config(None, values), quiet=True)
+    assert summary["iter_num"] == stopped_at + 2
+    assert checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"] == stopped_at + 2
+
+
+def test_a_second_signal_stops_at_once_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop.requested and stop.interrupted(7, Path("ckpt.pt")).exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp_path):
+    """Kill -9 a run that saves every iteration, at random moments and once as soon as a save has
+    started; every time ckpt.pt must load and the next run must resume from it."""
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    last_iter, killed_during_save = 0, 0
+    for round in range(3):
+        init = "resume" if (out / "ckpt.pt").exists() else "scratch"
+        proc = start("train.py", *run_forever(char_data_dir, out, eval_interval=1, eval_iters=1, init_from=init))
+        wait_for_line(proc, "iter ")
+        while not (out / "ckpt.pt").exists():  # the first round: until there is something to lose
+            assert proc.poll() is None
+            time.sleep(0.01)
+        saving = lambda: any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())  # noqa: E731
+        if round == 0:  # catch a save in the act: kill when its temporary file appears
+            deadline = time.time() + 30
+            while not saving() and time.time() < deadline:
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.communicate(timeout=30)
+        killed_during_save += saving()  # a killed save leaves its temporary file behind
+        assert proc.returncode == -signal.SIGKILL
+        ckpt = checkpoint.load_checkpoint(out / "ckpt.pt")  # raises if torn
+        assert ckpt["iter_num"] >= last_iter
+        last_iter = ckpt["iter_num"]
+        if (out / "best.pt").exists():
+            checkpoint.load_checkpoint(out / "best.pt")
+    assert killed_during_save >= 1
+
+    values = tiny_overrides(char_data_dir, out, init_from="resume", max_iters=last_iter + 2, lr_decay_iters=10**6)
+    assert train(*load_config(None, values), quiet=True)["iter_num"] == last_iter + 2
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []  # the killed saves' leftovers are gone
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".ckpt.pt.tmp{finished.pid}"
+    alive = tmp_path / f".best.pt.tmp{os.getpid()}"
+    keep = tmp_path / "ckpt.pt"
+    for path in (dead, alive, keep):
+        path.write_bytes(b"x")
+    assert checkpoint.remove_stale_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, keep.name])
+
+
+def test_interrupting_a_huge_generation_keeps_the_output(trained):
+    proc = start("sample.py", f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=1",
+                 f"--max_new_tokens={10**12}")
+    received = ""
+    while len(received) < 50:
+        received += proc.stdout.read(1)
+        assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip() == "interrupted"
+    assert (received + rest).startswith("ROMEO:") and len(received + rest) >= 50
+
+
+# -- NaN and inf ----------------------------------------------------------------------------------
+def resumed_trainer(char_data_dir: Path, out: Path, **extra) -> Trainer:
+    """A trainer resuming at iteration 4 of a run that saved ckpt.pt and best.pt at iterations 2 and 4."""
+    train(*load_config(None, tiny_overrides(char_data_dir, out, max_iters=4, eval_interval=2)), quiet=True)
+    values = tiny_overrides(char_data_dir, out, init_from="resume", max_iters=8, eval_interval=2, **extra)
+    return Trainer(*load_config(None, values), quiet=False)
+
+
+def poison_loss_at(trainer: Trainer, bad_iter: int) -> None:
+    def hook(module, inputs, output):
+        if module.training and trainer.iter_num == bad_iter:
+            return output * float("nan")
+
+    trainer.model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoints(char_data_dir, tmp_path, grad_clip):
+    out = tmp_path / "out"
+    trainer = resumed_trainer(char_data_dir, out, grad_clip=grad_clip)
+    saved = {name: (out / name).read_bytes() for name in ("ckpt.pt", "best.pt")}
+    poison_loss_at(trainer, 5)
+    with pytest.raises(TinyGPTError, match=r"^iteration 5: the loss is nan; stopped"):
+        trainer.run()
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_inf_gradient_stops_naming_the_iteration(char_data_dir, tmp_path, grad_clip):
+    out = tmp_path / "out"
+    trainer = resumed_trainer(char_data_dir, out, grad_clip=grad_clip)
+    saved = (out / "ckpt.pt").read_bytes()
+    weight = trainer.model.transformer.wpe.weight
+    weight.register_hook(lambda grad: grad * float("inf") if trainer.iter_num == 5 else grad)
+    with pytest.raises(TinyGPTError, match=r"^iteration 5: the gradient norm is (inf|nan); stopped"):
+        trainer.run()
+    assert (out / "ckpt.pt").read_bytes() == saved
+
+
+def test_on_nan_skip_drops_the_step_and_finishes(char_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    trainer = resumed_trainer(char_data_dir, out, on_nan="skip")
+    poison_loss_at(trainer, 5)
+    summary = trainer.run()
+    assert "iteration 5: the loss is nan; skipped this step (on_nan=skip)" in capsys.readouterr().out
+    assert summary["iter_num"] == 8 and math.isfinite(summary["full_val_loss"])
+    # had the NaN step been applied, AdamW would have turned every weight into NaN
+    final = checkpoint.load_checkpoint(out / "ckpt.pt")
+    assert final["iter_num"] == 8 and all(t.isfinite().all() for t in final["model"].values())
+
+
+def test_on_nan_must_be_stop_or_skip():
+    with pytest.raises(TinyGPTError, match="on_nan must be one of stop, skip"):
+        TrainConfig(on_nan="ignore")
+
+
+# -- memory ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("tie_weights", [True, False])
+@pytest.mark.parametrize("mlp_ratio", [2, 4])
+def test_parameter_formula_matches_the_model(bias, tie_weights, mlp_ratio):
+    config = GPTConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=bias,
+                       tie_weights=tie_weights, mlp_ratio=mlp_ratio)
+    assert count_parameters(config) == GPT(config).num_params()
