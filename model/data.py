@@ -23,10 +23,12 @@ from torch import Tensor
 
 from model import tokenizer as tokenizers
 from model.errors import TinyGPTError
+from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
 TRAIN_FRACTION = 0.9
+ENCODE_PIECE_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def prepare(
     input_path: str | None = None,
     url: str | None = None,
     tokenizer: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
     folder = Path(data_dir) / dataset
@@ -133,7 +136,7 @@ def prepare(
     dtype = token_dtype(tok.vocab_size)
     counts = {}
     for split, part in (("train", text[:n]), ("val", text[n:])):
-        ids = np.array(tok.encode(part), dtype=dtype)
+        ids = encode_with_progress(tok, part, dtype, f"{dataset} {split}", quiet)
         if len(ids) < 2:
             raise TinyGPTError(f"the {split} split of {path} has fewer than 2 tokens; the corpus is too small")
         atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
@@ -149,6 +152,36 @@ def prepare(
     }
     atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
+
+
+def _piece_end(text: str, near: int) -> int:
+    """The end of the first newline at or after `near` that is followed by a non-space character."""
+    while near < len(text):
+        newline = text.find("\n", near)
+        if newline == -1 or newline + 1 >= len(text):
+            break
+        if not text[newline + 1].isspace():
+            return newline + 1
+        near = newline + 1
+    return len(text)
+
+
+def encode_with_progress(tok, text: str, dtype: np.dtype, desc: str, quiet: bool = False,
+                         piece_chars: int = ENCODE_PIECE_CHARS) -> np.ndarray:
+    """tok.encode(text) as an array, done in pieces of about piece_chars so a progress bar can move.
+
+    Pieces end just after a newline followed by a non-space character: GPT-2-style BPE pre-splits
+    text there anyway (a newline run never merges with the word after it), so the ids are exactly
+    those of encoding the whole text at once.
+    """
+    pieces, start = [], 0
+    with progress(total=len(text), desc=desc, unit="char", unit_scale=True, quiet=quiet) as bar:
+        while start < len(text):
+            end = _piece_end(text, start + piece_chars)
+            pieces.append(np.array(tok.encode(text[start:end]), dtype=dtype))
+            bar.update(end - start)
+            start = end
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
 class TokenDataset:

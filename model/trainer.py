@@ -19,7 +19,8 @@ from model.device import autocast, resolve_device, resolve_dtype
 from model.errors import TinyGPTError
 from model.evaluate import estimate_loss, split_loss
 from model.gpt import GPT
-from model.logger import RunLogger
+from model.logger import RunLogger, sample_text
+from model.mfu import MFUMeter
 from model.optim import learning_rate, make_optimizer
 
 
@@ -107,8 +108,12 @@ class Trainer:
         self.config_dict = to_dict(model_config, config)
         checkpoint.write_config_json(self.out_dir, self.config_dict)
         self.logger = RunLogger(
-            self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name
+            self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name,
+            wandb_mode=config.wandb_mode, wandb_log_checkpoint=config.wandb_log_checkpoint,
+            resume_iter=self.iter_num if resume is not None else None,
         )
+        self.mfu = MFUMeter(model_config, self.model.num_params(non_embedding=True), config.peak_flops,
+                            self.device, self.dtype)
 
     def echo(self, message: str) -> None:
         if not self.quiet:
@@ -130,13 +135,13 @@ class Trainer:
         c = self.config
         return estimate_loss(
             self.step_model, self.dataset, c.batch_size, self.model_config.block_size, c.eval_iters,
-            self.ctx, self.device, c.seed,
+            self.ctx, self.device, c.seed, quiet=self.quiet,
         )
 
     def full_val_loss(self) -> float:
         return split_loss(
             self.step_model, self.dataset, "val", self.model_config.block_size, max(self.config.batch_size, 64),
-            self.ctx, self.device,
+            self.ctx, self.device, quiet=self.quiet,
         )
 
     def save(self, name: str) -> None:
@@ -164,10 +169,10 @@ class Trainer:
                 loss = loss / c.gradient_accumulation_steps
             self.scaler.scale(loss).backward()
             total += loss.item()
-        grad_norm = 0.0
-        if c.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+        self.scaler.unscale_(self.optimizer)
+        # with clipping off, an infinite threshold still measures the norm (for the logs) and clips nothing
+        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -177,6 +182,9 @@ class Trainer:
         losses = self.evaluate()
         self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
+        if self.logger.wants_samples and self.config.sample_tokens > 0:
+            text = sample_text(self.model, self.dataset.tokenizer(), self.config.sample_tokens, self.device, self.config.seed)
+            self.logger.log_sample(self.iter_num, losses["val"], text)
         improved = losses["val"] < self.best_val_loss
         if improved:
             self.best_val_loss = losses["val"]
@@ -197,6 +205,8 @@ class Trainer:
         c = self.config
         n_params = self.model.num_params()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
+        self.logger.summary({"params": n_params, "params_non_embedding": self.model.num_params(non_embedding=True),
+                             "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
         if c.eval_only:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
@@ -223,7 +233,7 @@ class Trainer:
             if self.iter_num % c.log_interval == 0 or self.iter_num == c.max_iters:
                 self.echo(f"iter {self.iter_num}: loss {loss:.4f}, time {dt * 1000:.1f}ms, lr {lr:.2e}, {tokens_per_sec:,.0f} tok/s")
                 self.logger.log({"iter": self.iter_num, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                 "tokens_per_sec": tokens_per_sec})
+                                 "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec)})
         bar.close()
         train_time = time.time() - t_start
         if self.iter_num > start_iter or start_iter == 0:
