@@ -155,13 +155,13 @@ def prepare(
 
 
 def _piece_end(text: str, near: int) -> int:
-    """The end of the first newline at or after `near` that is followed by a non-space character."""
+    """The first newline at or after `near` that sits between a letter or digit and a non-space."""
     while near < len(text):
         newline = text.find("\n", near)
         if newline == -1 or newline + 1 >= len(text):
             break
-        if not text[newline + 1].isspace():
-            return newline + 1
+        if newline > 0 and text[newline - 1].isalnum() and not text[newline + 1].isspace():
+            return newline
         near = newline + 1
     return len(text)
 
@@ -170,9 +170,10 @@ def encode_with_progress(tok, text: str, dtype: np.dtype, desc: str, quiet: bool
                          piece_chars: int = ENCODE_PIECE_CHARS) -> np.ndarray:
     """tok.encode(text) as an array, done in pieces of about piece_chars so a progress bar can move.
 
-    Pieces end just after a newline followed by a non-space character: GPT-2-style BPE pre-splits
-    text there anyway (a newline run never merges with the word after it), so the ids are exactly
-    those of encoding the whole text at once.
+    Pieces are cut just before a newline that has a letter or digit before it and a non-space
+    character after it (as in "word\nWord"). GPT-2's BPE (tiktoken's gpt2, r50k) pre-splits text there (no
+    pre-token joins a letter to a newline, or a lone newline to the word after it), so the ids are
+    exactly those of encoding the whole text at once.
     """
     pieces, start = [], 0
     with progress(total=len(text), desc=desc, unit="char", unit_scale=True, quiet=quiet) as bar:

@@ -52,6 +52,10 @@ class RunLogger:
             self.wandb_run = wandb.init(
                 project=wandb_project, name=wandb_run_name, config=config, dir=str(out_dir), mode=wandb_mode or None
             )
+            # several records share an iteration (training step, evaluation, sample), so "iter" is the
+            # x-axis of every chart rather than wandb's own step, which must grow with each log call
+            self.wandb_run.define_metric("iter")
+            self.wandb_run.define_metric("*", step_metric="iter")
 
     def _continue_metrics(self, resume_iter: int | None) -> float:
         """A new run starts a new metrics.jsonl. A resumed one keeps the records up to its checkpoint
@@ -81,8 +85,7 @@ class RunLogger:
 
             plot_loss(self.out_dir)
         if self.wandb_run is not None:
-            step = metrics.get("iter")
-            self.wandb_run.log({k: v for k, v in metrics.items() if k != "iter"}, step=step)
+            self.wandb_run.log(metrics)
 
     def summary(self, values: dict[str, Any]) -> None:
         """Facts about the run as a whole (e.g. its parameter count), shown in wandb's run overview."""
@@ -101,7 +104,7 @@ class RunLogger:
 
         self.samples.append([iter_num, val_loss, text])
         # a logged Table is a snapshot, so each evaluation logs all rows so far
-        self.wandb_run.log({"samples": wandb.Table(columns=SAMPLE_COLUMNS, data=list(self.samples))}, step=iter_num)
+        self.wandb_run.log({"iter": iter_num, "samples": wandb.Table(columns=SAMPLE_COLUMNS, data=list(self.samples))})
 
     def finish(self) -> None:
         if self.wandb_run is None:
