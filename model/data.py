@@ -171,9 +171,9 @@ def encode_with_progress(tok, text: str, dtype: np.dtype, desc: str, quiet: bool
     """tok.encode(text) as an array, done in pieces of about piece_chars so a progress bar can move.
 
     Pieces are cut just before a newline that has a letter or digit before it and a non-space
-    character after it (as in "word\nWord"). GPT-2's BPE (tiktoken's gpt2, r50k) pre-splits text there (no
-    pre-token joins a letter to a newline, or a lone newline to the word after it), so the ids are
-    exactly those of encoding the whole text at once.
+    character after it, as at the end of most lines of prose. GPT-2's BPE (tiktoken's gpt2, r50k)
+    pre-splits text there anyway (no pre-token joins a letter to a newline, or a lone newline to the
+    word after it), so the ids are exactly those of encoding the whole text at once.
     """
     pieces, start = [], 0
     with progress(total=len(text), desc=desc, unit="char", unit_scale=True, quiet=quiet) as bar:
