@@ -79,7 +79,7 @@ def count_params(config: dict[str, Any]) -> int | None:
 
 
 def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Config keys whose values are not the same in every run (a key missing from a run counts)."""
+    """Config keys whose values are not the same in every run (a key missing from a run counts as None)."""
     keys = sorted(set().union(*configs) - set(IGNORED_KEYS))
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
