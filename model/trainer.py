@@ -183,7 +183,8 @@ class Trainer:
         self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
         if self.logger.wants_samples and self.config.sample_tokens > 0:
-            text = sample_text(self.model, self.dataset.tokenizer(), self.config.sample_tokens, self.device, self.config.seed)
+            c = self.config
+            text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed)
             self.logger.log_sample(self.iter_num, losses["val"], text)
         improved = losses["val"] < self.best_val_loss
         if improved:
