@@ -55,18 +55,19 @@ def plot_attention(weights: np.ndarray, labels: list[str], layers: list[int], he
     from model.plots import save_figure
 
     n_rows, n_cols, T = len(layers), len(heads), len(labels)
-    panel = min(4.0, max(2.2, 0.12 * T))  # inches: big enough to read the labels, small enough to fit
-    fig = Figure(figsize=(panel * n_cols + 1.2, panel * n_rows + 0.6), dpi=100)
-    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    panel = min(4.5, max(2.2, 0.16 * T))  # inches: big enough to read the labels, small enough to fit
+    fig = Figure(figsize=(panel * n_cols + 1.2, panel * n_rows + 0.6), dpi=100, layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     step = max(1, -(-T // MAX_LABELLED_TOKENS))
     ticks = list(range(0, T, step))
-    fontsize = max(4, min(9, int(220 / T)))
+    fontsize = max(4, min(9, int(0.7 * panel * 72 * step / T)))  # points: about one label per row
+    rotation = 0 if all(len(label) <= 2 for label in labels) else 90  # characters stay upright
     for r, layer in enumerate(layers):
         for c, head in enumerate(heads):
             ax = axes[r, c]
             image = ax.imshow(weights[r, c], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(f"layer {layer}, head {head}", fontsize=9)
-            ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=90, fontsize=fontsize)
+            ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=rotation, fontsize=fontsize)
             ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=fontsize)
             ax.tick_params(length=0)
             if r == n_rows - 1:
