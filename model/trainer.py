@@ -24,12 +24,12 @@ from model.mfu import MFUMeter
 from model.optim import learning_rate, make_optimizer
 
 
-def open_dataset(config: TrainConfig, echo=print) -> data.TokenDataset:
+def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
     """The prepared dataset, preparing the known ones (e.g. Tiny Shakespeare) on first use."""
     folder = Path(config.data_dir) / config.dataset
     if not (folder / "meta.json").is_file() and config.dataset in data.KNOWN_DATASETS:
         echo(f"preparing dataset '{config.dataset}' in {folder}")
-        data.prepare(config.dataset, config.data_dir)
+        data.prepare(config.dataset, config.data_dir, quiet=quiet)
     return data.TokenDataset(folder)
 
 
@@ -78,7 +78,7 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
         self.batch_generator = torch.Generator().manual_seed(config.seed)
 
-        self.dataset = open_dataset(config, self.echo)
+        self.dataset = open_dataset(config, self.echo, quiet)
         self.tokenizer_meta = self.dataset.meta["tokenizer"]
         self.iter_num = 0
         self.best_val_loss = float("inf")
