@@ -94,7 +94,8 @@ class RunLogger:
 
     @property
     def wants_samples(self) -> bool:
-        return self.wandb_run is not None
+        """True when a text sample would go somewhere (not with WANDB_MODE=disabled, whose run is a no-op)."""
+        return self.wandb_run is not None and not getattr(self.wandb_run, "disabled", False)
 
     def log_sample(self, iter_num: int, val_loss: float, text: str) -> None:
         """Add a generated text to the wandb Table of samples (one row per evaluation)."""

@@ -187,6 +187,19 @@ def test_wandb_offline_run_logs_config_metrics_samples_and_checkpoint(char_data_
     assert [entry.path for entry in artifact.manifest.contents] == ["best.pt"]
 
 
+@pytest.mark.parametrize("env, key", [("disabled", ""), ("offline", "disabled")])
+def test_wandb_disabled_by_env_or_key_writes_only_local_files(tmp_path, monkeypatch, env, key):
+    from model.logger import RunLogger
+
+    monkeypatch.setenv("WANDB_MODE", env)
+    logger = RunLogger(tmp_path, {"n_layer": 2}, wandb_log=True, wandb_mode=key)
+    assert not logger.wants_samples  # no text is generated for nobody
+    logger.log({"iter": 1, "loss": 2.5})
+    logger.finish()
+    assert not (tmp_path / "wandb").exists()
+    assert plots.read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] == 2.5
+
+
 def test_progress_bars_are_off_when_quiet_or_not_a_terminal():
     from model.progress import progress
 
