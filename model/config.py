@@ -108,7 +108,7 @@ class TrainConfig:
     sample_tokens: int = 200
     """Length of the text sample logged to wandb (a Table) at each evaluation; 0 for none."""
     peak_flops: float = 0.0
-    """Peak FLOP/s of the device, for MFU; 0 measures it once with a short matmul, negative skips MFU."""
+    """Peak FLOP/s of the device, for MFU; 0 measures it once with a brief large matmul, negative skips MFU."""
     # data
     dataset: str = "shakespeare_char"
     """Name of the prepared dataset folder under data_dir (train.bin, val.bin, meta.json)."""
