@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import BEST
+from model.data import atomic_write_bytes
 from model.errors import TinyGPTError
 
 SAMPLE_COLUMNS = ["iter", "val_loss", "text"]
@@ -59,13 +61,12 @@ class RunLogger:
 
     def _continue_metrics(self, resume_iter: int | None) -> float:
         """A new run starts a new metrics.jsonl. A resumed one keeps the records up to its checkpoint
-        (later ones were lost with the process and will be logged again) and continues their wall
-        time; returns the wall time already spent."""
+        (later ones describe training that died with the process and is about to be redone) and
+        continues their wall time; returns the wall time already spent."""
         if resume_iter is None or not self.path.is_file():
             self.path.unlink(missing_ok=True)
             return 0.0
-        from model.data import atomic_write_bytes
-        from model.plots import read_metrics
+        from model.plots import read_metrics  # (imports matplotlib, which takes a second)
 
         kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_iter]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
@@ -110,8 +111,6 @@ class RunLogger:
     def finish(self) -> None:
         if self.wandb_run is None:
             return
-        from model.checkpoint import BEST
-
         best = self.out_dir / BEST
         if self.log_checkpoint and best.is_file():
             import wandb
