@@ -116,3 +116,9 @@ def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, de
         keep = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
         mask = keep if mask is None else mask & keep
     return mask
+
+
+if __name__ == "__main__":  # python -m model.attention: draw a checkpoint's attention patterns
+    from model.visualize import attention_main
+
+    raise SystemExit(attention_main())

@@ -102,6 +102,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", type=parse_bool, default=False)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
@@ -115,6 +116,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_model
     from model.device import autocast, resolve_device, resolve_dtype
     from model.generate import generate
+    from model.progress import progress
     from model.tokenizer import StreamDecoder
 
     device = resolve_device(args.device)
@@ -131,13 +133,17 @@ def sample_main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    with autocast(device, dtype):
+    # on a terminal the streamed text shows the progress; redirected to a file, a bar on stderr does
+    quiet = args.quiet or sys.stdout.isatty()
+    bar = progress(total=args.num_samples * args.max_new_tokens, desc="sampling", unit="tok", quiet=quiet)
+    with autocast(device, dtype), bar:
         for k in range(args.num_samples):
             stream = StreamDecoder(tok)
             sys.stdout.write(prompt)
             for next_ids in generate(model, x, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator):
                 sys.stdout.write(stream.push(next_ids.tolist()))
                 sys.stdout.flush()
+                bar.update(len(next_ids))
             sys.stdout.write(stream.flush() + "\n---------------\n")
             sys.stdout.flush()
     return 0
@@ -169,11 +175,12 @@ def prepare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="'char' or a tiktoken encoding such as 'gpt2'")
     parser.add_argument("--data_dir", default="data")
     add_hf_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url):
         meta = prepare_hf_from_args(args)
     else:
-        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer)
+        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet)
     print(
         f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"

@@ -102,6 +102,14 @@ class TrainConfig:
     """wandb project name."""
     wandb_run_name: str = "run"
     """wandb run name."""
+    wandb_mode: str = ""
+    """'online', 'offline' or 'disabled'; empty leaves it to WANDB_MODE (wandb's default is online)."""
+    wandb_log_checkpoint: bool = False
+    """At the end of the run, upload best.pt to wandb as a model artifact."""
+    sample_tokens: int = 200
+    """Length of the text sample logged to wandb (a Table) at each evaluation; 0 for none."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of the device, for MFU; 0 measures it once with a brief large matmul, negative skips MFU."""
     # data
     dataset: str = "shakespeare_char"
     """Name of the prepared dataset folder under data_dir (train.bin, val.bin, meta.json)."""
@@ -164,6 +172,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.on_nan not in ON_NAN:
             raise ConfigError(f"on_nan must be one of {', '.join(ON_NAN)}; got '{self.on_nan}'")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ConfigError(f"wandb_mode must be one of {', '.join(map(repr, WANDB_MODES))}; got '{self.wandb_mode}'")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"sample_tokens must be >= 0, got {self.sample_tokens}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -172,6 +184,7 @@ class TrainConfig:
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_NAN = ("stop", "skip")
+WANDB_MODES = ("", "online", "offline", "disabled")
 _SECTIONS = (GPTConfig, TrainConfig)
 
 

@@ -23,10 +23,12 @@ from torch import Tensor
 
 from model import tokenizer as tokenizers
 from model.errors import TinyGPTError
+from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
 TRAIN_FRACTION = 0.9
+ENCODE_PIECE_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def prepare(
     input_path: str | None = None,
     url: str | None = None,
     tokenizer: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
     folder = Path(data_dir) / dataset
@@ -136,7 +139,7 @@ def prepare(
     dtype = token_dtype(tok.vocab_size)
     counts = {}
     for split, part in (("train", text[:n]), ("val", text[n:])):
-        ids = np.array(tok.encode(part), dtype=dtype)
+        ids = encode_with_progress(tok, part, dtype, f"{dataset} {split}", quiet)
         if len(ids) < 2:
             raise TinyGPTError(f"the {split} split of {path} has fewer than 2 tokens; the corpus is too small")
         atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
@@ -189,6 +192,37 @@ class Shards:
     def concatenated(self) -> np.ndarray:
         """The whole split as one int64 array (for exact evaluation over a validation split)."""
         return np.concatenate([np.asarray(a, dtype=np.int64) for a in self.arrays])
+
+
+def _piece_end(text: str, near: int) -> int:
+    """The first newline at or after `near` that sits between a letter or digit and a non-space."""
+    while near < len(text):
+        newline = text.find("\n", near)
+        if newline == -1 or newline + 1 >= len(text):
+            break
+        if newline > 0 and text[newline - 1].isalnum() and not text[newline + 1].isspace():
+            return newline
+        near = newline + 1
+    return len(text)
+
+
+def encode_with_progress(tok, text: str, dtype: np.dtype, desc: str, quiet: bool = False,
+                         piece_chars: int = ENCODE_PIECE_CHARS) -> np.ndarray:
+    """tok.encode(text) as an array, done in pieces of about piece_chars so a progress bar can move.
+
+    Pieces are cut just before a newline that has a letter or digit before it and a non-space
+    character after it, as at the end of most lines of prose. GPT-2's BPE (tiktoken's gpt2, r50k)
+    pre-splits text there anyway (no pre-token joins a letter to a newline, or a lone newline to the
+    word after it), so the ids are exactly those of encoding the whole text at once.
+    """
+    pieces, start = [], 0
+    with progress(total=len(text), desc=desc, unit="char", unit_scale=True, quiet=quiet) as bar:
+        while start < len(text):
+            end = _piece_end(text, start + piece_chars)
+            pieces.append(np.array(tok.encode(text[start:end]), dtype=dtype))
+            bar.update(end - start)
+            start = end
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
 class TokenDataset:

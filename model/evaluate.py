@@ -8,12 +8,13 @@ import torch
 
 from model.data import TokenDataset
 from model.gpt import GPT, IGNORE_INDEX
+from model.progress import progress
 
 
 @torch.no_grad()
 def estimate_loss(
     model: GPT, dataset: TokenDataset, batch_size: int, block_size: int, eval_iters: int,
-    ctx: contextlib.AbstractContextManager, device: str, seed: int,
+    ctx: contextlib.AbstractContextManager, device: str, seed: int, quiet: bool = True,
 ) -> dict[str, float]:
     """Mean loss over eval_iters random batches per split. The batches come from their own generator,
     seeded the same at every evaluation, so successive estimates compare the model, not the draw."""
@@ -23,7 +24,7 @@ def estimate_loss(
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
         losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
+        for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch", quiet=quiet):
             x, y = dataset.get_batch(split, batch_size, block_size, generator)
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
@@ -36,7 +37,7 @@ def estimate_loss(
 @torch.no_grad()
 def split_loss(
     model: GPT, dataset: TokenDataset, split: str, block_size: int, batch_size: int,
-    ctx: contextlib.AbstractContextManager, device: str,
+    ctx: contextlib.AbstractContextManager, device: str, quiet: bool = True,
 ) -> float:
     """Cross-entropy over every token of a split exactly once (non-overlapping windows of block_size),
     token-weighted: the number to compare with other runs and with nanoGPT's published losses."""
@@ -44,7 +45,7 @@ def split_loss(
     model.eval()
     x, y = dataset.windows(split, block_size)
     total, count = 0.0, 0
-    for i in range(0, len(x), batch_size):
+    for i in progress(range(0, len(x), batch_size), desc=f"full {split}", unit="batch", quiet=quiet):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         with ctx:
             logits, _ = model(xb)

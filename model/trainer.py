@@ -20,18 +20,19 @@ from model.distributed import Distributed
 from model.errors import TinyGPTError
 from model.evaluate import estimate_loss, split_loss
 from model.gpt import GPT
-from model.logger import RunLogger
+from model.logger import RunLogger, sample_text
+from model.mfu import MFUMeter
 from model.optim import learning_rate, make_optimizer
 from model.report import Report
 from model.resume import model_config_for_resume
 
 
-def open_dataset(config: TrainConfig, echo=print) -> data.TokenDataset:
+def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
     """The prepared dataset, preparing the known ones (e.g. Tiny Shakespeare) on first use."""
     folder = Path(config.data_dir) / config.dataset
     if not (folder / "meta.json").is_file() and config.dataset in data.KNOWN_DATASETS:
         echo(f"preparing dataset '{config.dataset}' in {folder}")
-        data.prepare(config.dataset, config.data_dir)
+        data.prepare(config.dataset, config.data_dir, quiet=quiet)
     return data.TokenDataset(folder)
 
 
@@ -84,7 +85,7 @@ class Trainer:
 
         if not self.dist.is_master:
             self.dist.barrier()  # wait while rank 0 prepares a known dataset on first use
-        self.dataset = open_dataset(config, self.echo)
+        self.dataset = open_dataset(config, self.echo, quiet)
         if self.dist.is_master:
             self.dist.barrier()
         self.tokenizer_meta = self.dataset.meta["tokenizer"]
@@ -123,7 +124,11 @@ class Trainer:
         self.logger = RunLogger(
             self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name,
             enabled=self.dist.is_master,
+            wandb_mode=config.wandb_mode, wandb_log_checkpoint=config.wandb_log_checkpoint,
+            resume_iter=self.iter_num if resume is not None else None,
         )
+        self.mfu = MFUMeter(model_config, self.model.num_params(non_embedding=True), config.peak_flops,
+                            self.device, self.dtype)
 
     def _restore_position(self, resume: dict[str, Any]) -> None:
         """Put the data sampler and this rank's RNGs back where the checkpointed run left them."""
@@ -164,13 +169,13 @@ class Trainer:
         c = self.config
         return estimate_loss(
             self.step_model, self.dataset, c.batch_size, self.model_config.block_size, c.eval_iters,
-            self.ctx, self.device, c.seed,
+            self.ctx, self.device, c.seed, quiet=self.quiet,
         )
 
     def full_val_loss(self) -> float:
         return split_loss(
             self.step_model, self.dataset, "val", self.model_config.block_size, max(self.config.batch_size, 64),
-            self.ctx, self.device,
+            self.ctx, self.device, quiet=self.quiet,
         )
 
     def save(self, name: str) -> None:
@@ -211,12 +216,12 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.item()
         total = self.dist.mean(total)
-        grad_norm = 0.0
-        if c.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = self.dist.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
-        if nonfinite.step_is_bad(total, grad_norm if c.grad_clip > 0 else None, self.model.parameters(),
-                                 self.iter_num, c.on_nan, self.echo, check_grads=not self.scaler.is_enabled()):
+        self.scaler.unscale_(self.optimizer)
+        # with clipping off, an infinite threshold still measures the norm (for the logs) and clips nothing
+        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        grad_norm = self.dist.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if nonfinite.step_is_bad(total, grad_norm, self.model.parameters(), self.iter_num, c.on_nan, self.echo,
+                                 check_grads=not self.scaler.is_enabled()):
             nonfinite.drop_step(self.optimizer, self.scaler)
             return total, grad_norm
         self.scaler.step(self.optimizer)
@@ -228,6 +233,10 @@ class Trainer:
         losses = self.evaluate()
         self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
+        if self.logger.wants_samples and self.config.sample_tokens > 0:
+            c = self.config
+            text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed)
+            self.logger.log_sample(self.iter_num, losses["val"], text)
         improved = losses["val"] < self.best_val_loss
         if improved:
             self.best_val_loss = losses["val"]
@@ -249,6 +258,8 @@ class Trainer:
         n_params = self.model.num_params()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
         self.echo(Report(self.model_config).summary())
+        self.logger.summary({"params": n_params, "params_non_embedding": self.model.num_params(non_embedding=True),
+                             "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
         if c.eval_only:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
@@ -283,7 +294,7 @@ class Trainer:
             if self.iter_num % c.log_interval == 0 or self.iter_num == c.max_iters:
                 self.echo(f"iter {self.iter_num}: loss {loss:.4f}, time {dt * 1000:.1f}ms, lr {lr:.2e}, {tokens_per_sec:,.0f} tok/s")
                 self.logger.log({"iter": self.iter_num, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                 "tokens_per_sec": tokens_per_sec})
+                                 "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec)})
         bar.close()
         train_time = time.time() - t_start
         if self.iter_num > start_iter or start_iter == 0:

@@ -1,0 +1,80 @@
+"""Loss curves as PNG files: out_dir/loss.png for one run, and one picture comparing several runs.
+
+Plots are drawn from metrics.jsonl alone, so they can be redrawn at any time (also for a run that
+crashed). matplotlib's object-oriented Figure is used directly, without pyplot: no global figure
+state, no GUI backend, and PNGs are rendered by Agg on any machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from model.data import atomic_write_bytes
+
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+X_AXES = (("iter", "iteration"), ("wall_time", "wall time (s)"))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a torn last line (the run was killed mid-write) is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
+    """The (x, y) points of the records that have both keys."""
+    points = [(r[x], r[y]) for r in records if x in r and y in r]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render to memory, then replace the file in one step, so a viewer never sees half a PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def plot_loss(out_dir: str | Path) -> Path:
+    """Draw out_dir/loss.png: train and val loss against iteration (left) and wall time (right)."""
+    out_dir = Path(out_dir)
+    records = read_metrics(out_dir / METRICS)
+    fig = Figure(figsize=(11, 4), dpi=100)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (x, label) in zip(axes, X_AXES):
+        ax.plot(*series(records, x, "loss"), color="tab:blue", alpha=0.3, linewidth=1, label="train (one batch)")
+        ax.plot(*series(records, x, "train_loss"), "o-", color="tab:blue", markersize=3, label="train")
+        ax.plot(*series(records, x, "val_loss"), "o-", color="tab:orange", markersize=3, label="val")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (cross-entropy, nats per token)")
+    axes[0].legend()
+    fig.suptitle(str(out_dir))
+    return save_figure(fig, out_dir / LOSS_PLOT)
+
+
+def plot_val_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: str | Path) -> Path:
+    """One PNG with every run's val loss against iteration (left) and wall time (right)."""
+    fig = Figure(figsize=(11, 4), dpi=100)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (x, label) in zip(axes, X_AXES):
+        for name, records in runs:
+            ax.plot(*series(records, x, "val_loss"), "o-", markersize=3, label=name)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val loss (nats per token)")
+    axes[0].legend()
+    return save_figure(fig, path)
