@@ -257,9 +257,11 @@ class Trainer:
         c = self.config
         n_params = self.model.num_params()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
-        self.echo(Report(self.model_config).summary())
+        report = Report(self.model_config)
+        self.echo(report.summary())
+        per_group = {f"params_{group}": report.group_total(group) for group in ("embeddings", "attention", "mlp", "norms", "lm_head")}
         self.logger.summary({"params": n_params, "params_non_embedding": self.model.num_params(non_embedding=True),
-                             "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
+                             **per_group, "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
         if c.eval_only:
             self.eval_and_checkpoint()
             loss = self.report_full_val()
