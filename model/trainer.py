@@ -154,7 +154,7 @@ class Trainer:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns (loss, grad norm)."""
         c = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total = 0.0
         for _ in range(c.gradient_accumulation_steps):
             x, y = self.dataset.get_batch("train", c.batch_size, self.model_config.block_size, self.batch_generator)
@@ -189,13 +189,15 @@ class Trainer:
     def report_full_val(self) -> float:
         loss = self.full_val_loss()
         self.echo(f"full-val loss {loss:.4f}")
-        self.logger.log({"iter": self.iter_num, "full_val_loss": loss})
+        # train_time: seconds since training started, counting compilation, evaluations and checkpoints
+        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "train_time": time.time() - self.t_start})
         return loss
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.config
         n_params = self.model.num_params()
+        self.t_start = time.time()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
         if c.eval_only:
             self.eval_and_checkpoint()
@@ -206,12 +208,15 @@ class Trainer:
         start_iter = self.iter_num
         bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if self.quiet else None, unit="it",
                    dynamic_ncols=True, leave=False)
-        t_start = t_last = time.time()
+        t_start = t_last = self.t_start = time.time()
         self.model.train()
         while self.iter_num < c.max_iters:
             if self.iter_num % c.eval_interval == 0 and not (self.iter_num == start_iter and start_iter > 0):
                 self.eval_and_checkpoint()
                 t_last = time.time()  # don't count evaluation time in tokens/s
+            if c.full_eval_interval and self.iter_num % c.full_eval_interval == 0 and self.iter_num > start_iter:
+                self.report_full_val()
+                t_last = time.time()
             lr = learning_rate(self.iter_num, c)
             loss, grad_norm = self.train_step(lr)
             self.iter_num += 1
