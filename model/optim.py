@@ -131,7 +131,7 @@ class CombinedOptimizer:
 
     def load_state_dict(self, state: dict) -> None:
         if len(state.get("optimizers", [])) != len(self.optimizers):
-            raise ValueError("optimizer state does not match: was the run started with another optimizer?")
+            raise ValueError("optimizer state is for a different set of optimizers")
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
 

@@ -97,7 +97,13 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, config, self.device.split(":")[0])
         if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
+            try:
+                self.optimizer.load_state_dict(resume["optimizer"])
+            except (KeyError, ValueError):
+                raise TinyGPTError(
+                    f"the checkpoint's optimizer state does not fit optimizer='{config.optimizer}'; "
+                    "resume with the optimizer the run was started with"
+                ) from None
             self.iter_num = int(resume["iter_num"])
             self.best_val_loss = float(resume["best_val_loss"])
             if "rng" in resume:

@@ -107,3 +107,14 @@ def test_muon_checkpoint_resume_matches_one_run(char_data_dir, tmp_path):
     torch.save(state, buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)  # optimizer state is plain tensors and numbers
+
+
+@pytest.mark.parametrize("first, second", [("muon", "adamw"), ("adamw", "muon")])
+def test_resume_with_another_optimizer_is_one_line(first, second, char_data_dir, tmp_path, capsys):
+    from model.cli import train_main
+
+    run(char_data_dir, tmp_path / "out", optimizer=first, max_iters=10)
+    values = tiny_overrides(char_data_dir, tmp_path / "out", optimizer=second, max_iters=20, init_from="resume")
+    assert train_main([f"--{k}={v}" for k, v in values.items()] + ["--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "optimizer" in err and len(err.splitlines()) == 1
