@@ -122,3 +122,14 @@ def test_training_run_and_checkpoint(name, char_data_dir, tmp_path):
     idx = torch.randint(0, model.config.vocab_size, (2, 16))
     trainer.model.eval()
     assert torch.equal(model.eval()(idx)[0], trainer.model(idx)[0])
+
+
+def test_shipped_cpu_config_builds_the_fast_model():
+    from tests.conftest import ROOT
+
+    model_config, train_config = load_config(ROOT / "configs" / "shakespeare_char_cpu.toml", ["--vocab_size=65"])
+    assert (model_config.pos_embedding, model_config.norm, model_config.activation) == ("rope", "rmsnorm", "relu2")
+    assert train_config.optimizer == "muon" and train_config.device == "cpu"
+    model = GPT(model_config)
+    assert model(torch.zeros(1, model_config.block_size, dtype=torch.long))[0].shape == (1, 64, 65)
+    assert GPTConfig() == GPTConfig(pos_embedding="learned", norm="layernorm", activation="gelu", qk_norm=False)
