@@ -106,7 +106,7 @@ def test_bad_option_is_a_config_error(capsys):
     assert err.startswith("error:") and "norm" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["rope", "modern"])
+@pytest.mark.parametrize("name", OPTIONS)
 def test_training_run_and_checkpoint(name, char_data_dir, tmp_path):
     options = dict(OPTIONS[name], max_iters=30, lr_decay_iters=30, eval_interval=30, learning_rate=3e-3)
     model_config, train_config = load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", **options))
