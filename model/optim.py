@@ -62,9 +62,12 @@ def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
     if wide:
         x = x.mT  # iterate on the short side: X X^T is then the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    x = x.reshape(-1, *x.shape[-2:])  # (k, m, n): one batch for baddbmm
     for _ in range(steps):
-        gram = x @ x.mT  # (..., m, m)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = x @ x.mT  # (k, m, m)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b * gram + c * gram @ gram
+        x = torch.baddbmm(x, poly, x, beta=a)  # a * x + poly @ x
+    x = x.reshape(g.mT.shape if wide else g.shape)
     return (x.mT if wide else x).to(g.dtype)
 
 
