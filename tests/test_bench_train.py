@@ -61,12 +61,13 @@ def test_bench_reports_time_to_target(char_data_dir, tmp_path, capsys):
     assert "MFU" in capsys.readouterr().out
 
 
-def test_bench_compare_mode(char_data_dir, tmp_path):
+def test_bench_compare_mode(char_data_dir, tmp_path, capsys):
     result_dir = tmp_path / "bench"
     args = flags(tiny_overrides(char_data_dir, tmp_path / "unused", max_iters=30))
     code = bench.main(args + ["--compare=--dtype=float32", "--compare=--dtype=bfloat16 --batch_size=4",
-                              f"--result_dir={result_dir}", "--matmul_size=64"])
+                              f"--result_dir={result_dir}", "--matmul_size=64", "--reference_tokens_per_sec=100"])
     assert code == 0
+    assert "vs reference (100 tok/s)" in capsys.readouterr().out
     result = json.loads((result_dir / "train.json").read_text())
     assert [r["dtype"] for r in result["runs"]] == ["float32", "bfloat16"]
     assert [r["tokens_per_iter"] for r in result["runs"]] == [8 * 32, 4 * 32]

@@ -32,7 +32,8 @@ from model.device import resolve_device, resolve_dtype
 from model.errors import TinyGPTError
 
 NANOGPT_BABY_TOKENS_PER_SEC = 2200.0
-"""nanoGPT's own code on the baby config, fp32, on the 2-core reference machine (7.4 s/iteration)."""
+"""nanoGPT's own code on the baby config, fp32, on the 2-core reference machine (7.4 s/iteration);
+pass it as --reference_tokens_per_sec when comparing settings of configs/shakespeare_char.toml."""
 
 BENCH_FLAGS = ["--log_interval=1"]
 """Every iteration's loss and speed go to metrics.jsonl (they are what the benchmark measures)."""
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a setting ('--dtype=bfloat16 --batch_size=32'); give two or more to compare")
     parser.add_argument("--result_dir", default="out-bench-train", help="JSON, plots and run folders go here")
     parser.add_argument("--matmul_size", type=int, default=1024, help="matrix size for the peak FLOP/s probe")
+    parser.add_argument("--reference_tokens_per_sec", type=float, default=None,
+                        help=f"also show each setting's speed against this (nanoGPT baby fp32: {NANOGPT_BABY_TOKENS_PER_SEC:,.0f})")
     args, overrides = parser.parse_known_args(argv)
     if args.compare is not None and len(args.compare) < 2:
         raise TinyGPTError("--compare needs at least two settings, e.g. --compare=--dtype=float32 --compare=--dtype=bfloat16")
@@ -245,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.compare:
         base = runs[0]["tokens_per_sec"]
+        reference = args.reference_tokens_per_sec
         for run in runs:
-            print(f"  {run['setting']:40s} {run['tokens_per_sec']:>10,.0f} tok/s  "
-                  f"x{run['tokens_per_sec'] / base:.2f} vs first, x{run['tokens_per_sec'] / NANOGPT_BABY_TOKENS_PER_SEC:.2f} "
-                  f"vs nanoGPT baby fp32 ({NANOGPT_BABY_TOKENS_PER_SEC:,.0f} tok/s)")
+            versus = f", x{run['tokens_per_sec'] / reference:.2f} vs reference ({reference:,.0f} tok/s)" if reference else ""
+            print(f"  {run['setting']:40s} {run['tokens_per_sec']:>10,.0f} tok/s  x{run['tokens_per_sec'] / base:.2f} vs first{versus}")
         result["curve_gap"] = curve_gap(runs[0]["train_loss"], runs[-1]["train_loss"])
         print("loss curves, first vs last: " + ", ".join(f"{k} {v:.4f}" for k, v in result["curve_gap"].items()))
         plot_compare(runs, result_dir / "train_compare.png")
