@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.layers import apply_rotary, rotary_frequencies
+
 
 class MultiHeadAttention(nn.Module):
     """Causal self-attention, and cross-attention when given a `context` sequence.
@@ -29,7 +31,9 @@ class MultiHeadAttention(nn.Module):
     the W_K, W_V rows to `context`.
     """
 
-    def __init__(self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0):
+    def __init__(
+        self, n_embd: int, n_head: int, bias: bool = True, dropout: float = 0.0, rope: bool = False, qk_norm: bool = False
+    ):
         super().__init__()
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
@@ -40,6 +44,12 @@ class MultiHeadAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
+        self.q_norm = nn.RMSNorm(self.head_size) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_size) if qk_norm else None
+        self.rope = rope
+        if rope:
+            self.register_buffer("rope_frequencies", rotary_frequencies(self.head_size), persistent=False)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         B, T, _ = t.shape
@@ -63,6 +73,7 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool | None = None,
         need_weights: bool = False,
+        pos: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from x (B, T, C) over x itself or over `context` (B, S, C).
 
@@ -73,10 +84,16 @@ class MultiHeadAttention(nn.Module):
         need_weights: also return the attention pattern (B, nh, T, S), whose rows sum to 1. This takes
             the explicit path (scores, mask, softmax, weighted sum); otherwise PyTorch's fused
             scaled_dot_product_attention computes the same thing faster.
+        pos: (T,) absolute positions of x's tokens for rotary embeddings; defaults to 0 .. T-1.
         """
         if causal is None:
             causal = context is None
         q, k, v = self.project_qkv(x, context)  # (B, nh, T, hs), (B, nh, S, hs), (B, nh, S, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope and context is None:
+            pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos  # (T,)
+            q, k = apply_rotary(q, pos, self.rope_frequencies), apply_rotary(k, pos, self.rope_frequencies)
         y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
         y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
         y = self.resid_dropout(self.c_proj(y))

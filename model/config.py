@@ -43,6 +43,14 @@ class GPTConfig:
     """Share the token embedding matrix with the output (LM head) projection, as GPT-2 does."""
     mlp_ratio: int = 4
     """Hidden width of each MLP as a multiple of n_embd."""
+    pos_embedding: str = "learned"
+    """'learned' (GPT-2's position table) or 'rope' (rotary embeddings applied to queries and keys)."""
+    norm: str = "layernorm"
+    """'layernorm' (GPT-2) or 'rmsnorm' (no mean subtraction, no bias: a little cheaper)."""
+    activation: str = "gelu"
+    """MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu2' (squared ReLU)."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys before the dot product (steadier at high learning rates)."""
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "mlp_ratio"):
@@ -52,6 +60,9 @@ class GPTConfig:
             raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in ARCH_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got '{getattr(self, name)}'")
 
     @property
     def head_size(self) -> int:
@@ -155,6 +166,15 @@ class TrainConfig:
     fsdp: bool = False
     """Under torchrun, shard weights, gradients and optimizer state over the ranks (FSDP) instead of
     keeping a full copy on each (DDP): for models that don't fit one GPU."""
+    # optimizer choice
+    optimizer: str = "adamw"
+    """'adamw', or 'muon': Muon (orthogonalised momentum) for the blocks' 2-D weight matrices, AdamW for the rest."""
+    muon_lr: float = 0.02
+    """Peak learning rate of the Muon matrices (follows the same warmup/decay shape as learning_rate)."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum."""
+    full_eval_interval: int = 0
+    """Also compute the full-validation loss every this many iterations (0: only at the end of training)."""
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
@@ -176,6 +196,14 @@ class TrainConfig:
             raise ConfigError(f"wandb_mode must be one of {', '.join(map(repr, WANDB_MODES))}; got '{self.wandb_mode}'")
         if self.sample_tokens < 0:
             raise ConfigError(f"sample_tokens must be >= 0, got {self.sample_tokens}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got '{self.optimizer}'")
+        if self.muon_lr < 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_lr must be >= 0 and muon_momentum in [0, 1); got {self.muon_lr}, {self.muon_momentum}")
+        if self.fsdp and self.optimizer == "muon":
+            raise ConfigError("optimizer='muon' needs whole matrices and can't run with fsdp=True; use optimizer='adamw'")
+        if self.full_eval_interval < 0:
+            raise ConfigError(f"full_eval_interval must be >= 0, got {self.full_eval_interval}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -185,6 +213,12 @@ class TrainConfig:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_NAN = ("stop", "skip")
 WANDB_MODES = ("", "online", "offline", "disabled")
+OPTIMIZERS = ("adamw", "muon")
+ARCH_CHOICES = {
+    "pos_embedding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu", "relu2"),
+}
 _SECTIONS = (GPTConfig, TrainConfig)
 
 

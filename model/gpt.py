@@ -18,13 +18,14 @@ from torch import Tensor
 
 from model.attention import MultiHeadAttention
 from model.config import GPTConfig
+from model.layers import ACTIVATIONS, make_norm
 
 IGNORE_INDEX = -1
 """Targets equal to this (e.g. padding) don't count towards the loss."""
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: widen by mlp_ratio, GELU, project back."""
+    """Position-wise feed-forward: widen by mlp_ratio, GELU (or ReLU²), project back."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -32,9 +33,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -42,13 +44,18 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = MultiHeadAttention(config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config.norm, config.n_embd, config.bias)
+        self.attn = MultiHeadAttention(
+            config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout,
+            rope=config.pos_embedding == "rope", qk_norm=config.qk_norm,
+        )
+        self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False):
-        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights)
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False, pos: Tensor | None = None
+    ):
+        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights, pos=pos)
         a, att = a if need_weights else (a, None)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -60,13 +67,14 @@ class GPT(nn.Module):
         super().__init__()
         config.check_buildable()
         self.config = config
-        self.transformer = nn.ModuleDict(
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))
+        if config.pos_embedding == "learned":  # with rope, positions enter inside attention instead
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.transformer.update(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config.norm, config.n_embd, config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -92,7 +100,7 @@ class GPT(nn.Module):
         """Parameter count, shared (tied) tensors once; non_embedding leaves out the position table
         (the token table is also the LM head when tied, so it stays in, as in GPT-2's count)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -101,14 +109,17 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
         pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         patterns = []
         for block in self.transformer.h:
             if need_weights:
-                x, att = block(x, key_padding_mask, need_weights=True)
+                x, att = block(x, key_padding_mask, need_weights=True, pos=pos)
                 patterns.append(att)
             else:
-                x = block(x, key_padding_mask)
+                x = block(x, key_padding_mask, pos=pos)
         return self.transformer.ln_f(x), patterns
 
     def forward(

@@ -57,16 +57,27 @@ def linear(name: str, group: str, n_in: int, n_out: int, bias: bool, **extra: An
 
 
 def norm(name: str, config: GPTConfig) -> Component:
-    """LayerNorm: a gain per channel, and a shift per channel when bias is on."""
-    return Component(name, "norms", f"{config.n_embd}", config.n_embd, config.n_embd if config.bias else 0)
+    """LayerNorm: a gain per channel, and a shift per channel when bias is on; RMSNorm: the gain only."""
+    shift = config.n_embd if config.bias and config.norm == "layernorm" else 0
+    kind = "RMSNorm" if config.norm == "rmsnorm" else "LayerNorm"
+    return Component(f"{name} {kind}", "norms", f"{config.n_embd}", config.n_embd, shift)
+
+
+def qk_norms(config: GPTConfig) -> list[Component]:
+    """QK-norm: an RMSNorm gain over each head's channels for the queries and one for the keys,
+    shared by all heads."""
+    if not config.qk_norm:
+        return []
+    hs = config.n_embd // config.n_head
+    return [Component("query RMSNorm", "norms", f"{hs}", hs), Component("key RMSNorm", "norms", f"{hs}", hs)]
 
 
 def embeddings(config: GPTConfig) -> list[Component]:
     d = config.n_embd
-    return [
-        Component("token embedding", "embeddings", f"{config.vocab_size} x {d}", config.vocab_size * d),
-        Component("position embedding", "embeddings", f"{config.block_size} x {d}", config.block_size * d),
-    ]
+    rows = [Component("token embedding", "embeddings", f"{config.vocab_size} x {d}", config.vocab_size * d)]
+    if config.pos_embedding == "learned":  # rotary positions rotate q and k instead: no table
+        rows.append(Component("position embedding", "embeddings", f"{config.block_size} x {d}", config.block_size * d))
+    return rows
 
 
 def attention(config: GPTConfig) -> list[Component]:
@@ -94,7 +105,7 @@ def mlp(config: GPTConfig) -> list[Component]:
 
 def block(config: GPTConfig) -> list[Component]:
     """One transformer block, in the order its forward pass uses them."""
-    return [norm("attention LayerNorm", config), *attention(config), norm("MLP LayerNorm", config), *mlp(config)]
+    return [norm("attention", config), *qk_norms(config), *attention(config), norm("MLP", config), *mlp(config)]
 
 
 def lm_head(config: GPTConfig) -> Component:
@@ -106,7 +117,7 @@ def lm_head(config: GPTConfig) -> Component:
 
 
 def final(config: GPTConfig) -> list[Component]:
-    return [norm("final LayerNorm", config), lm_head(config)]
+    return [norm("final", config), lm_head(config)]
 
 
 @dataclass
@@ -235,7 +246,7 @@ class Report:
             ("embeddings (token + position)", self.group_total("embeddings")),
             ("attention (W_Q, W_K, W_V, W_O)", self.group_total("attention")),
             ("MLP (up, down)", self.group_total("mlp")),
-            ("norms (LayerNorms)", self.group_total("norms")),
+            ("norms", self.group_total("norms")),
             ("LM head" + (" (tied: counted in embeddings)" if c.tie_weights else ""), self.group_total("lm_head")),
             ("non-embedding", self.non_embedding),
             ("overall", self.total),

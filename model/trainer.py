@@ -112,7 +112,13 @@ class Trainer:
         self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model sharded by FSDP
         self.optimizer = make_optimizer(self.model, config, self.device.split(":")[0])
         if resume is not None:
-            self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
+            try:
+                self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
+            except (KeyError, ValueError):
+                raise TinyGPTError(
+                    f"the checkpoint's optimizer state does not fit optimizer='{config.optimizer}'; "
+                    "resume with the optimizer the run was started with"
+                ) from None
             self.iter_num = int(resume["iter_num"])
             self.best_val_loss = float(resume["best_val_loss"])
             self._restore_position(resume)
@@ -202,7 +208,7 @@ class Trainer:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns (loss, grad norm)."""
         c = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total = 0.0
         for micro_step in range(c.gradient_accumulation_steps):
             x, y = self.dataset.get_batch("train", c.batch_size, self.model_config.block_size, self.batch_generator,
@@ -249,13 +255,15 @@ class Trainer:
     def report_full_val(self) -> float:
         loss = self.full_val_loss()
         self.echo(f"full-val loss {loss:.4f}")
-        self.logger.log({"iter": self.iter_num, "full_val_loss": loss})
+        # train_time: seconds since training started, counting compilation, evaluations and checkpoints
+        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "train_time": time.time() - self.t_start})
         return loss
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.config
         n_params = self.model.num_params()
+        self.t_start = time.time()
         self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
         report = Report(self.model_config)
         self.echo(report.summary())
@@ -274,12 +282,15 @@ class Trainer:
         hide_bar = self.quiet or not self.dist.is_master
         bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
                    dynamic_ncols=True, leave=False)
-        t_start = t_last = time.time()
+        t_start = t_last = self.t_start = time.time()
         self.model.train()
         while self.iter_num < c.max_iters:
             if self.iter_num % c.eval_interval == 0 and not (self.iter_num == start_iter and start_iter > 0):
                 self.eval_and_checkpoint()
                 t_last = time.time()  # don't count evaluation time in tokens/s
+            if c.full_eval_interval and self.iter_num % c.full_eval_interval == 0 and self.iter_num > start_iter:
+                self.report_full_val()
+                t_last = time.time()
             lr = learning_rate(self.iter_num, c)
             loss, grad_norm = self.train_step(lr)
             self.iter_num += 1

@@ -1,0 +1,53 @@
+"""Architecture options chosen in GPTConfig: the normalisation, the MLP nonlinearity, rotary positions.
+
+GPT-2 uses LayerNorm, GELU and a learned position table. Later models (LLaMA, modded-nanogpt) often
+swap in RMSNorm (skip the mean, no bias), squared ReLU (cheaper than GELU, and sparse) and rotary
+position embeddings (RoPE), which encode a token's position by rotating its query and key vectors,
+so a dot product between them depends only on how far apart the two tokens are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+ROPE_BASE = 10000.0
+"""Wavelength scale of the rotary frequencies, as in the RoFormer paper."""
+
+
+def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
+    """'layernorm' (with a bias when `bias`) or 'rmsnorm' (a gain only)."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=bias)
+
+
+def relu_squared(x: Tensor) -> Tensor:
+    return F.relu(x).square()
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": gelu_tanh, "relu2": relu_squared}
+
+
+def rotary_frequencies(head_size: int) -> Tensor:
+    """The head_size // 2 rotation speeds, from one radian per position down to about 1 / ROPE_BASE."""
+    return ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+
+
+def apply_rotary(x: Tensor, pos: Tensor, frequencies: Tensor) -> Tensor:
+    """Rotate each pair of channels (i, i + hs/2) of x (B, nh, T, hs) by the angle pos[t] * frequencies[i].
+
+    pos (T,) holds absolute token positions, so a cache of earlier keys can pass an offset range.
+    """
+    angles = pos.to(torch.float32)[:, None] * frequencies[None, :]  # (T, hs/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)

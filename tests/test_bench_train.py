@@ -1,0 +1,85 @@
+"""The training benchmark: its FLOP count, its summaries of a run, and end-to-end runs on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.bench import train as bench
+from model.config import GPTConfig
+from model.gpt import GPT
+from tests.conftest import tiny_overrides
+
+
+@pytest.mark.parametrize("options", [{}, dict(tie_weights=False, bias=False, mlp_ratio=2)])
+def test_flops_per_token_counts_every_matmul_weight(options):
+    config = GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=50, **options)
+    model = GPT(config)
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * config.n_layer * config.n_embd * config.block_size
+    assert bench.flops_per_token(config) == 6 * matmul_weights + attention
+
+
+def test_time_to_loss_is_the_first_crossing():
+    points = [{"iter": 10, "train_time": 1.0, "loss": 2.5}, {"iter": 20, "train_time": 2.0, "loss": 1.85},
+              {"iter": 30, "train_time": 3.0, "loss": 1.95}, {"iter": 40, "train_time": 4.0, "loss": 1.8}]
+    assert bench.time_to_loss(points, 1.90) == (2.0, 20)
+    assert bench.time_to_loss(points, 1.5) == (None, None)
+
+
+def test_steady_tokens_per_sec_skips_warmup():
+    records = [{"tokens_per_sec": 10.0}] * 5 + [{"tokens_per_sec": 100.0}] * 45
+    assert bench.steady_tokens_per_sec(records) == 100.0
+
+
+def test_curve_gap():
+    a = [(i, 3.0 - 0.01 * i + (0.05 if i % 2 else -0.05)) for i in range(100)]
+    same = bench.curve_gap(a, a)
+    assert same["mean_abs_gap"] == 0 and same["final_gap"] == 0 and same["noise_a"] > 0.03
+    shifted = bench.curve_gap(a, [(i, x - 0.2) for i, x in a])
+    assert shifted["mean_abs_gap"] == pytest.approx(0.2) and shifted["final_gap"] == pytest.approx(0.2)
+
+
+def flags(values: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def test_bench_reports_time_to_target(char_data_dir, tmp_path, capsys):
+    result_dir = tmp_path / "bench"
+    args = flags(tiny_overrides(char_data_dir, tmp_path / "unused", full_eval_interval=10))
+    assert bench.main(args + ["--target_loss=3.9", f"--result_dir={result_dir}", "--matmul_size=64"]) == 0
+    result = json.loads((result_dir / "train.json").read_text())
+    run = result["runs"][0]
+    assert set(result["peak_flops"]) == {"float32", "bfloat16"} and min(result["peak_flops"].values()) > 0
+    assert [p["iter"] for p in run["full_val"]] == [10, 20]
+    first = next(p for p in run["full_val"] if p["loss"] <= 3.9)
+    assert (run["iter_at_target"], run["time_to_target"]) == (first["iter"], first["train_time"])
+    assert run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1
+    assert (result_dir / "train_time_to_loss.png").stat().st_size > 0
+    assert "MFU" in capsys.readouterr().out
+
+
+def test_bench_compare_mode(char_data_dir, tmp_path, capsys):
+    result_dir = tmp_path / "bench"
+    args = flags(tiny_overrides(char_data_dir, tmp_path / "unused", max_iters=30))
+    code = bench.main(args + ["--compare=--dtype=float32", "--compare=--dtype=bfloat16 --batch_size=4",
+                              f"--result_dir={result_dir}", "--matmul_size=64", "--reference_tokens_per_sec=100"])
+    assert code == 0
+    assert "vs reference (100 tok/s)" in capsys.readouterr().out
+    result = json.loads((result_dir / "train.json").read_text())
+    assert [r["dtype"] for r in result["runs"]] == ["float32", "bfloat16"]
+    assert [r["tokens_per_iter"] for r in result["runs"]] == [8 * 32, 4 * 32]
+    assert len(result["runs"][1]["train_loss"]) == 30 and "mean_abs_gap" in result["curve_gap"]
+    assert (result_dir / "train_compare.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compare=--dtype=float32"], "at least two"),
+    (["--n_layers=3"], "unknown config key"),
+])
+def test_bench_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    assert bench.main(argv + [f"--result_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
