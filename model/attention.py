@@ -20,6 +20,40 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class KVCache:
+    """The keys and values one attention layer has computed so far, so that decoding a token costs
+    one query against stored keys instead of recomputing the whole prefix.
+
+    The buffers are allocated once, at full size (B, nh, max_len, hs), on the first append (taking
+    the batch size, dtype and device of the keys) and filled left to right: appending writes in place
+    and returns views, so a decoding step allocates nothing for the cache.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs); return all stored keys and values, (B, nh, length, hs)."""
+        B, nh, T, hs = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} tokens, got {end}")
+        if self.k is None or self.k.shape[0] != B or self.k.dtype != k.dtype:
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reset(self) -> None:
+        """Forget the stored tokens (the buffers are kept for reuse)."""
+        self.length = 0
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention, and cross-attention when given a `context` sequence.
 
@@ -63,6 +97,8 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool | None = None,
         need_weights: bool = False,
+        cache: KVCache | None = None,
+        pos: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from x (B, T, C) over x itself or over `context` (B, S, C).
 
@@ -73,10 +109,16 @@ class MultiHeadAttention(nn.Module):
         need_weights: also return the attention pattern (B, nh, T, S), whose rows sum to 1. This takes
             the explicit path (scores, mask, softmax, weighted sum); otherwise PyTorch's fused
             scaled_dot_product_attention computes the same thing faster.
+        cache: self-attention only; the keys and values of x are appended to it and the queries
+            attend over everything it holds (S = cached + T keys; key_padding_mask then covers all S).
+        pos: absolute position of each query, (T,) or (B, T). Learned position embeddings are added
+            in GPT, so this layer doesn't need it; position-dependent attention (e.g. rotary) does.
         """
         if causal is None:
             causal = context is None
         q, k, v = self.project_qkv(x, context)  # (B, nh, T, hs), (B, nh, S, hs), (B, nh, S, hs)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hs) with S = cached + T
         y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
         y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
         y = self.resid_dropout(self.c_proj(y))
@@ -90,6 +132,8 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
         if not need_weights:
+            if causal and key_padding_mask is None and T == 1:
+                mask = None  # one new query after all cached keys: it may see every one of them
             fast_causal = causal and mask is not None and key_padding_mask is None and T == S
             y = F.scaled_dot_product_attention(
                 q, k, v,
@@ -115,4 +159,11 @@ def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, de
     if key_padding_mask is not None:
         keep = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
         mask = keep if mask is None else mask & keep
+        if causal:
+            # A padding query (left padding) would otherwise see no key at all, and its softmax row
+            # of -inf would be NaN, which leaks into later layers through 0 * NaN. Letting it see
+            # itself keeps it finite; real queries never look at it.
+            itself = torch.zeros(T, S, dtype=torch.bool, device=device)
+            itself[torch.arange(T), torch.arange(S - T, S)] = True
+            mask = mask | itself
     return mask
