@@ -55,6 +55,26 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
+    """Cast the model to dtype for inference, and store every linear layer's weight transposed in
+    memory (column-major), in place; returns the model in eval mode.
+
+    Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
+    the weights stream from memory. PyTorch computes F.linear(x, W) as x @ W.t(): with W row-major
+    (out, in), W.t() is a transposed view and the CPU BLAS takes a matrix-vector route that reads it
+    at a fraction of memory bandwidth; with W stored column-major, W.t() is a plain row-major
+    (in, out) matrix, whose product streams about twice as fast. Shapes, names and results are
+    unchanged (only the summation order inside the product may differ in the last bits).
+    """
+    model.to(dtype).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight  # the tied LM head is the token embedding: converted once
+            if weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()  # same (out, in) shape, column-major
+    return model
+
+
 def left_pad(prompts: Sequence[Sequence[int]], device: str | torch.device = "cpu") -> tuple[Tensor, Tensor | None]:
     """Token lists of different lengths -> ids (B, T) padded on the left, and the padding mask
     (B, T), True at padding (None when all prompts have the same length)."""
