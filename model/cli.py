@@ -102,7 +102,8 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--compile", type=parse_bool, default=False, help="torch.compile the decoding step")
+    parser.add_argument("--compile", type=parse_bool, default=False, help="compile row-dot decoding kernels (model/rowdot.py): fastest for one sample, "
+                        "after some seconds of compiling")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
@@ -110,8 +111,6 @@ def sample_main(argv: list[str] | None = None) -> int:
         raise TinyGPTError("--temperature must be >= 0")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise TinyGPTError("--top_p must be in (0, 1]")
-
-    import torch
 
     from model.checkpoint import load_model
     from model.device import resolve_device, resolve_dtype
@@ -125,9 +124,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         model, tok = load_pretrained(args.init_from, device)
     else:
         model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
-    prepare_for_sampling(model, dtype)
-    if args.compile:
-        model.next_logits = torch.compile(model.next_logits, dynamic=True)
+    prepare_for_sampling(model, dtype, rowdot=args.compile)
     prompt = read_prompt(args.start)
     ids = tok.encode(prompt)
     if not ids:

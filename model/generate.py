@@ -55,9 +55,11 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
-    """Cast the model to dtype for inference, and store every linear layer's weight transposed in
-    memory (column-major), in place; returns the model in eval mode.
+def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot: bool = False) -> GPT:
+    """Cast the model to dtype for inference and lay its weights out for fast decoding, in place;
+    returns the model in eval mode. With rowdot, one-row products use compiled row dot products
+    (see model/rowdot.py: fastest for a single sequence, but compiling takes a while first);
+    otherwise every linear layer's weight is stored transposed in memory (column-major):
 
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
     the weights stream from memory. PyTorch computes F.linear(x, W) as x @ W.t(): with W row-major
@@ -67,6 +69,10 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
     unchanged (only the summation order inside the product may differ in the last bits).
     """
     model.to(dtype).eval()
+    if rowdot:
+        from model.rowdot import use_rowdot
+
+        return use_rowdot(model)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             weight = module.weight  # the tied LM head is the token embedding: converted once

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from model import tokenizer as tokenizers
+from model.cli import OneLineArgumentParser, guarded
 from model.config import GPTConfig
 from model.errors import TinyGPTError
 from model.gpt import GPT
@@ -191,3 +192,28 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     if tok is not None:
         atomic_write_bytes(folder / TOKENIZER_FILE, json.dumps(tok.to_meta()).encode())
     return folder
+
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    """`python -m model.hf CHECKPOINT DEST`: export a tinygpt checkpoint as a transformers GPT-2 folder."""
+    import sys
+
+    from model.checkpoint import load_model
+
+    parser = OneLineArgumentParser(
+        prog="python -m model.hf", description="Export a tinygpt checkpoint as a Hugging Face transformers GPT-2 folder."
+    )
+    parser.add_argument("checkpoint", help="a checkpoint file, or a training run folder (best.pt, else ckpt.pt)")
+    parser.add_argument("dest", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    model, tok, _ = load_model(args.checkpoint)
+    folder = save_pretrained(model, args.dest, tok)
+    print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
+          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py --init_from={folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -177,3 +177,20 @@ def test_sample_cli_bad_input_is_one_line(char_checkpoint, capsys, args, message
     assert sample_main([f"--checkpoint={path}", "--max_new_tokens=2"] + args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_rowdot_decoding_matches_and_keeps_parameters():
+    from model.rowdot import RowDotLinear, use_rowdot
+
+    model = peaky_gpt(block_size=16)
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]]  # the second is past block_size
+    expected = [greedy(model, [p], 20)[0] for p in prompts]
+    names = set(model.state_dict())
+    use_rowdot(model, compile=False)  # the eager kernel: same arithmetic as the compiled one
+    assert isinstance(model.lm_head, RowDotLinear) and isinstance(model.transformer.h[0].mlp.c_fc, RowDotLinear)
+    assert model.lm_head.weight is model.transformer.wte.weight and set(model.state_dict()) == names
+    assert [greedy(model, [p], 20)[0] for p in prompts] == expected
+    assert greedy(model, prompts, 20) == expected  # batches (several rows) take the F.linear path
+    x = torch.randn(1, 1, 32)
+    layer = model.transformer.h[0].attn.c_attn
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

@@ -149,3 +149,19 @@ def test_train_init_from_hf_refuses_other_tokenizer(hf_dir, char_data_dir, tmp_p
     assert train_main([f"--{k}={v}" for k, v in values.items()] + ["--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "tokenizer" in err and err.count("\n") == 1
+
+
+def test_export_cli_writes_a_folder_transformers_loads(tmp_path, capsys):
+    from model.checkpoint import model_state, save_checkpoint
+
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=GPT2_VOCAB))
+    save_checkpoint(tmp_path / "ckpt.pt", model_state(model, model.config, TiktokenTokenizer("gpt2").to_meta()))
+    assert hf.main([str(tmp_path / "ckpt.pt"), str(tmp_path / "exported")]) == 0
+    theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    idx = torch.randint(0, GPT2_VOCAB, (1, 8))
+    torch.testing.assert_close(their_logits(theirs, idx), our_logits(model, idx), rtol=0, atol=1e-4)
+    capsys.readouterr()
+    assert hf.main([str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.pt" in err and err.count("\n") == 1

@@ -69,24 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     from model import hf
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with torch.no_grad():
         hf_model = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
         with tempfile.TemporaryDirectory() as folder:
             hf_model.save_pretrained(folder)
-            model, _ = hf.load_pretrained(folder)
-            model_bf16, _ = hf.load_pretrained(folder)
-    prepare_for_sampling(model)
-    prepare_for_sampling(model_bf16, torch.bfloat16)
+            model = prepare_for_sampling(hf.load_pretrained(folder)[0], rowdot=True)
+            model_colmajor = prepare_for_sampling(hf.load_pretrained(folder)[0])
+            model_bf16 = prepare_for_sampling(hf.load_pretrained(folder)[0], torch.bfloat16, rowdot=True)
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens))
 
     runs = {
         "tinygpt fp32": lambda: ours(model, prompt, args.new_tokens),
         "transformers fp32": lambda: theirs(hf_model, prompt, args.new_tokens),
         "tinygpt bf16": lambda: ours(model_bf16, prompt, args.new_tokens),
+        "tinygpt fp32 eager": lambda: ours(model_colmajor, prompt, args.new_tokens),
     }
-    ours(model, prompt, 4), theirs(hf_model, prompt, 4), ours(model_bf16, prompt, 4)  # warm-up
+    t = time.perf_counter()
+    ours(model, prompt, 2), ours(model_bf16, prompt, 2)  # compiles the row-dot kernels
+    compile_time = time.perf_counter() - t
+    ours(model_colmajor, prompt, 2), theirs(hf_model, prompt, 2)  # warm-up
     times = {name: float("inf") for name in runs}
     tokens = {}
     for _ in range(args.repeats):  # alternate, so that background load hits every run alike
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
           f"tokens, greedy, {args.threads} threads, best of {args.repeats}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write)")
+    print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); compiling the row-dot kernels "
+          f"(fp32 and bf16) took {compile_time:.0f}s before timing")
     base = args.new_tokens / times["transformers fp32"]
     print(f"{'':<20}{'tokens/s':>10}{'vs transformers':>17}{'weights/token':>15}{'ceiling tok/s':>15}{'of ceiling':>12}")
     for name, t in times.items():
