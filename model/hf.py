@@ -122,6 +122,18 @@ def state_dict_from_hf(weights: dict[str, torch.Tensor], config: GPTConfig) -> d
     return out
 
 
+def gpt_from_hf(hf_config: dict[str, Any], weights: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
+    """Our GPT holding a transformers GPT-2's weights, from its config dict and state dict (e.g.
+    `gpt_from_hf(m.config.to_dict(), m.state_dict())` for a GPT2LMHeadModel m in memory)."""
+    config = config_from_hf(hf_config)
+    model = GPT(config)
+    missing, unexpected = model.load_state_dict(state_dict_from_hf(weights, config), strict=False)
+    if missing or unexpected:
+        problem = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise TinyGPTError(f"{source}: weights don't match config.json ({problem})")
+    return model
+
+
 def load_pretrained(
     name_or_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer]:
@@ -137,13 +149,8 @@ def load_pretrained(
         hf_config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TinyGPTError(f"{config_path} is not valid JSON: {e}") from None
-    config = config_from_hf(hf_config)
-    model = GPT(config)
-    state = state_dict_from_hf(_read_weights(folder), config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        problem = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
-        raise TinyGPTError(f"{folder}: weights don't match config.json ({problem})")
+    model = gpt_from_hf(hf_config, _read_weights(folder), str(folder))
+    config = model.config
     tok_path = folder / TOKENIZER_FILE
     tok = tokenizers.from_meta(json.loads(tok_path.read_text())) if tok_path.is_file() else tokenizers.TiktokenTokenizer("gpt2")
     if tok.vocab_size > config.vocab_size:

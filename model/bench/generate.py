@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 
 import torch
@@ -69,16 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     from model import hf
 
     transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with torch.no_grad():
-        hf_model = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
-        with tempfile.TemporaryDirectory() as folder:
-            hf_model.save_pretrained(folder)
-            model = prepare_for_sampling(hf.load_pretrained(folder)[0], rowdot=True)
-            model_colmajor = prepare_for_sampling(hf.load_pretrained(folder)[0])
-            model_bf16 = prepare_for_sampling(hf.load_pretrained(folder)[0], torch.bfloat16, rowdot=True)
+    hf_model = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
+
+    def copy_of_theirs() -> GPT:
+        return hf.gpt_from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+
+    model = prepare_for_sampling(copy_of_theirs(), rowdot=True)
+    model_colmajor = prepare_for_sampling(copy_of_theirs())
+    model_bf16 = prepare_for_sampling(copy_of_theirs(), torch.bfloat16, rowdot=True)
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens))
 
     runs = {
