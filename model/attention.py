@@ -130,10 +130,11 @@ class MultiHeadAttention(nn.Module):
         """softmax(q k^T / sqrt(hs) + mask) v for every head at once; returns (B, nh, T, hs) and the pattern."""
         T, S = q.shape[-2], k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
-        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
+        if causal and key_padding_mask is None and T == 1:
+            mask = None  # one new query after all the (cached) keys may see every one of them
+        else:
+            mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
         if not need_weights:
-            if causal and key_padding_mask is None and T == 1:
-                mask = None  # one new query after all cached keys: it may see every one of them
             fast_causal = causal and mask is not None and key_padding_mask is None and T == S
             y = F.scaled_dot_product_attention(
                 q, k, v,

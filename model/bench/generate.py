@@ -9,6 +9,10 @@ once per token, so the ceiling is the weight bytes per token divided by the memo
 this process measures with a large copy; the table shows the fraction of that ceiling reached.
 It also checks that greedy tokens are identical with and without our KV cache, and equal to
 transformers'.
+
+Rows: "tinygpt fp32" and "tinygpt bf16" decode with compiled row-dot kernels (model/rowdot.py,
+`sample.py --compile=True`; their compile time is reported, not timed); "tinygpt fp32 eager" is the
+default without compiling (column-major weights, model/generate.py prepare_for_sampling).
 """
 
 from __future__ import annotations
