@@ -54,3 +54,15 @@ def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
     )
     values.update(extra)
     return {k: str(v) for k, v in values.items()}
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread. Tiny models gain nothing from more, and OpenMP threads that
+    spin-wait for each other make every op crawl (40x seen) when the machine is busy with other work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,6 +14,8 @@ from model.tokenizer import CharTokenizer
 
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
 
 def peaky_gpt(seed: int = 0, **shape) -> GPT:
     """A random GPT whose next-token distributions are far from uniform, so greedy choices are
