@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPT-2 124M shape, random weights, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
           f"tokens, greedy, {args.threads} threads, best of {args.repeats}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); compiling the row-dot kernels "
           f"(fp32 and bf16) took {compile_time:.0f}s before timing")
     base = args.new_tokens / times["transformers fp32"]
