@@ -22,6 +22,40 @@ from torch import Tensor
 from model.layers import apply_rotary, rotary_frequencies
 
 
+class KVCache:
+    """The keys and values one attention layer has computed so far, so that decoding a token costs
+    one query against stored keys instead of recomputing the whole prefix.
+
+    The buffers are allocated once, at full size (B, nh, max_len, hs), on the first append (taking
+    the batch size, dtype and device of the keys) and filled left to right: appending writes in place
+    and returns views, so a decoding step allocates nothing for the cache.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs); return all stored keys and values, (B, nh, length, hs)."""
+        B, nh, T, hs = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} tokens, got {end}")
+        if self.k is None or self.k.shape[0] != B or self.k.dtype != k.dtype:
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reset(self) -> None:
+        """Forget the stored tokens (the buffers are kept for reuse)."""
+        self.length = 0
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention, and cross-attention when given a `context` sequence.
 
@@ -73,6 +107,7 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool | None = None,
         need_weights: bool = False,
+        cache: KVCache | None = None,
         pos: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from x (B, T, C) over x itself or over `context` (B, S, C).
@@ -84,7 +119,10 @@ class MultiHeadAttention(nn.Module):
         need_weights: also return the attention pattern (B, nh, T, S), whose rows sum to 1. This takes
             the explicit path (scores, mask, softmax, weighted sum); otherwise PyTorch's fused
             scaled_dot_product_attention computes the same thing faster.
-        pos: (T,) absolute positions of x's tokens for rotary embeddings; defaults to 0 .. T-1.
+        cache: self-attention only; the keys and values of x are appended to it and the queries
+            attend over everything it holds (S = cached + T keys; key_padding_mask then covers all S).
+        pos: absolute position of each query, (T,) or (B, T). Learned position embeddings are added
+            in GPT, so only rotary attention uses it; it defaults to 0 .. T-1.
         """
         if causal is None:
             causal = context is None
@@ -94,6 +132,8 @@ class MultiHeadAttention(nn.Module):
         if self.rope and context is None:
             pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos  # (T,)
             q, k = apply_rotary(q, pos, self.rope_frequencies), apply_rotary(k, pos, self.rope_frequencies)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hs) with S = cached + T
         y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
         y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
         y = self.resid_dropout(self.c_proj(y))
@@ -105,7 +145,10 @@ class MultiHeadAttention(nn.Module):
         """softmax(q k^T / sqrt(hs) + mask) v for every head at once; returns (B, nh, T, hs) and the pattern."""
         T, S = q.shape[-2], k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
-        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
+        if causal and key_padding_mask is None and T == 1:
+            mask = None  # one new query after all the (cached) keys may see every one of them
+        else:
+            mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
         if not need_weights:
             fast_causal = causal and mask is not None and key_padding_mask is None and T == S
             y = F.scaled_dot_product_attention(
@@ -132,6 +175,13 @@ def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, de
     if key_padding_mask is not None:
         keep = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
         mask = keep if mask is None else mask & keep
+        if causal:
+            # A padding query (left padding) would otherwise see no key at all, and its softmax row
+            # of -inf would be NaN, which leaks into later layers through 0 * NaN. Letting it see
+            # itself keeps it finite; real queries never look at it.
+            itself = torch.zeros(T, S, dtype=torch.bool, device=device)
+            itself[torch.arange(T), torch.arange(S - T, S)] = True
+            mask = mask | itself
     return mask
 
 

@@ -89,19 +89,25 @@ def train_main(argv: list[str] | None = None) -> int:
 
 @guarded
 def sample_main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(description="Sample text from a trained checkpoint.")
+    parser = OneLineArgumentParser(description="Sample text from a trained checkpoint or a GPT-2 model.")
     parser.add_argument("--out_dir", default="out", help="training run folder (uses best.pt, else ckpt.pt)")
     parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
+    parser.add_argument("--init_from", default=None,
+                        help="a Hugging Face GPT-2 save_pretrained folder, or a hub name such as gpt2 (overrides --out_dir)")
     parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
-    parser.add_argument("--num_samples", type=int, default=10)
+    parser.add_argument("--num_samples", type=int, default=10, help="samples of the prompt, generated as one batch")
     parser.add_argument("--max_new_tokens", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--top_k", type=int, default=200, help="keep only the k most likely tokens (0: all)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    parser.add_argument("--stop", action="append", default=[],
+                        help="end a sample at this string, which is left out (repeatable)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--compile", type=parse_bool, default=False)
+    parser.add_argument("--compile", type=parse_bool, default=False,
+                        help="compile row-dot decoding kernels (model/rowdot.py): fastest for one sample, after "
+                        "some seconds of compiling")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
@@ -111,41 +117,42 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise TinyGPTError("--top_p must be in (0, 1]")
 
-    import torch
-
     from model.checkpoint import load_model
-    from model.device import autocast, resolve_device, resolve_dtype
-    from model.generate import generate
+    from model.device import resolve_device, resolve_dtype
+    from model.generate import generate_text, prepare_for_sampling
     from model.progress import progress
-    from model.tokenizer import StreamDecoder
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
-    if args.compile:
-        model = torch.compile(model)
+    if args.init_from is not None:
+        from model.hf import load_pretrained
+
+        model, tok = load_pretrained(args.init_from, device)
+    else:
+        model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
+    prepare_for_sampling(model, dtype, rowdot=args.compile)
     prompt = read_prompt(args.start)
     ids = tok.encode(prompt)
     if not ids:
         if tok.eot_token is None:
             raise TinyGPTError("the prompt is empty; pass some text with --start")
         ids = [tok.eot_token]
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    torch.manual_seed(args.seed)
-    x = torch.tensor([ids], dtype=torch.long, device=device)
-    # on a terminal the streamed text shows the progress; redirected to a file, a bar on stderr does
-    quiet = args.quiet or sys.stdout.isatty()
-    bar = progress(total=args.num_samples * args.max_new_tokens, desc="sampling", unit="tok", quiet=quiet)
-    with autocast(device, dtype), bar:
-        for k in range(args.num_samples):
-            stream = StreamDecoder(tok)
-            sys.stdout.write(prompt)
-            for next_ids in generate(model, x, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator):
-                sys.stdout.write(stream.push(next_ids.tolist()))
-                sys.stdout.flush()
-                bar.update(len(next_ids))
-            sys.stdout.write(stream.flush() + "\n---------------\n")
+    pieces = generate_text(model, tok, [ids] * args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
+                           args.top_p, args.stop, args.seed)
+    separator = "\n---------------\n"
+    if args.num_samples == 1:  # stream the text as it arrives
+        sys.stdout.write(prompt)
+        for _, text in pieces:
+            sys.stdout.write(text)
+    from model.progress import progress
             sys.stdout.flush()
+        sys.stdout.write(separator)
+    else:  # one batch: every sample is complete at the same time
+        texts = [prompt] * args.num_samples
+        for row, text in pieces:
+            texts[row] += text
+        sys.stdout.write("".join(text + separator for text in texts))
+    sys.stdout.flush()
     return 0
 
 

@@ -105,7 +105,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     """Write ckpt.pt at every evaluation; when False it is written only when val loss improves."""
     init_from: str = "scratch"
-    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt."""
+    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt, or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
     # logging
     wandb_log: bool = False
     """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""

@@ -1,8 +1,24 @@
-"""Sampling text from a trained GPT, one token at a time."""
+"""Sampling text from a trained GPT, one token at a time.
+
+The prompt is run through the model once (prefill), filling every layer's KV cache; after that each
+new token is a single query against the cached keys and values, so a step costs one token's worth of
+compute instead of the whole context's.
+
+Past block_size the context slides: the model always sees the last block_size tokens, with positions
+counted from the first of them, exactly as a model without a cache that crops its input each step.
+Because the learned position embeddings then shift by one for every token, no cached key stays
+valid, so each step past block_size re-prefills the cache from the last block_size tokens. Greedy
+output is therefore identical with and without the cache at every length; the cache just stops
+saving time once the text is longer than the context.
+
+Several prompts (or several samples of one prompt) decode as one batch: shorter prompts are padded
+on the left and a key-padding mask hides the padding, with positions counted from each row's first
+real token, so every row gets the same tokens as it would alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -39,27 +55,159 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot: bool = False) -> GPT:
+    """Cast the model to dtype for inference and lay its weights out for fast decoding, in place;
+    returns the model in eval mode. With rowdot, one-row products use compiled row dot products
+    (see model/rowdot.py: fastest for a single sequence, but compiling takes a while first);
+    otherwise every linear layer's weight is stored transposed in memory (column-major):
+
+    Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
+    the weights stream from memory. PyTorch computes F.linear(x, W) as x @ W.t(): with W row-major
+    (out, in), W.t() is a transposed view and the CPU BLAS takes a matrix-vector route that reads it
+    at a fraction of memory bandwidth; with W stored column-major, W.t() is a plain row-major
+    (in, out) matrix, whose product streams about twice as fast. Shapes, names and results are
+    unchanged (only the summation order inside the product may differ in the last bits).
+    """
+    model.to(dtype).eval()
+    if rowdot:
+        from model.rowdot import use_rowdot
+
+        return use_rowdot(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight  # the tied LM head is the token embedding: converted once
+            if weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()  # same (out, in) shape, column-major
+    return model
+
+
+def left_pad(prompts: Sequence[Sequence[int]], device: str | torch.device = "cpu") -> tuple[Tensor, Tensor | None]:
+    """Token lists of different lengths -> ids (B, T) padded on the left, and the padding mask
+    (B, T), True at padding (None when all prompts have the same length)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    T = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    pad = torch.ones(len(prompts), T, dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, T - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        pad[row, T - len(p):] = False
+    return ids.to(device), (pad.to(device) if pad.any() else None)
+
+
 @torch.no_grad()
 def generate(
     model: GPT,
-    idx: Tensor,
+    prompts: Tensor | Sequence[Sequence[int]],
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Iterator[Tensor]:
-    """Yield the next token ids (B,) for max_new_tokens steps, continuing the prompts idx (B, T).
+    """Yield the next token ids (B,) for max_new_tokens steps, continuing the prompts: a (B, T)
+    tensor, or a list of token lists of any lengths (left-padded into one batch).
 
-    The context is cropped to the last block_size tokens, so generation can run past the model's
-    context length (older tokens simply drop out of view).
+    use_cache=False recomputes the whole (cropped) context at every step; it exists to check the
+    cache against, and gives the same greedy tokens.
     """
     model.eval()
+    device = model.lm_head.weight.device
+    if isinstance(prompts, Tensor):
+        idx, pad = prompts.to(device), None
+    else:
+        idx, pad = left_pad(prompts, device)
     block_size = model.config.block_size
+    caches = model.make_caches() if use_cache else None
+    new = idx  # tokens the model hasn't seen yet
     for _ in range(max_new_tokens):
-        context = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits, _ = model(context)
-        next_ids = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-        # only the last block_size tokens are ever looked at again, so a huge max_new_tokens stays bounded
-        idx = torch.cat((context, next_ids[:, None]), dim=1)  # (B, <= block_size + 1)
+        window = slice(max(0, idx.size(1) - block_size), idx.size(1))
+        if caches is not None and (window.start > 0 or caches[0].length == 0):
+            for cache in caches:  # (re)fill the cache from the visible window
+                cache.reset()
+            new = idx[:, window]
+        elif caches is None:
+            new = idx[:, window]
+        window_pad = None if pad is None else pad[:, window]
+        if window_pad is not None and not window_pad.any():
+            window_pad = None
+        logits = model.next_logits(new, window_pad, caches)  # (B, vocab)
+        next_ids = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        # only the last block_size tokens are ever looked at again; keeping one more than that (so the
+        # window still slides) bounds memory however many tokens are asked for
+        idx = torch.cat((idx, next_ids[:, None]), dim=1)[:, -(block_size + 1) :]
+        if pad is not None:
+            pad = torch.cat((pad, pad.new_zeros(pad.size(0), 1)), dim=1)[:, -(block_size + 1) :]
+        new = next_ids[:, None]
         yield next_ids
+
+
+class StopAtString:
+    """One sample's text as it streams in, cut at the first stop string, which is left out.
+
+    Text that could still turn out to be the start of a stop string is held back until the next
+    piece shows whether it is, so nothing printed ever has to be taken back.
+    """
+
+    def __init__(self, stops: Sequence[str] = ()):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Add text; return the part that is now certain to be output."""
+        if self.stopped:
+            return ""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
+            return out
+        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@torch.no_grad()
+def generate_text(
+    model: GPT,
+    tok,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[tuple[int, str]]:
+    """Yield (row, text) pieces of each prompt's continuation as its tokens arrive, decoding with
+    tokenizer `tok`. A row ends at its first stop string (left out of the text); generation ends
+    when every row has, or after max_new_tokens. The same seed gives the same text."""
+    from model.tokenizer import StreamDecoder
+
+    device = model.lm_head.weight.device
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    decoders = [StreamDecoder(tok) for _ in prompts]
+    stoppers = [StopAtString(stop) for _ in prompts]
+    tokens = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+    for next_ids in tokens:
+        for row, token in enumerate(next_ids.tolist()):
+            text = stoppers[row].push(decoders[row].push([token]))
+            if text:
+                yield row, text
+        if all(s.stopped for s in stoppers):
+            return
+    for row, (decoder, stopper) in enumerate(zip(decoders, stoppers)):
+        text = stopper.push(decoder.flush()) + stopper.flush()  # a stopped row has nothing left
+        if text:
+            yield row, text

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention import MultiHeadAttention
+from model.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
 from model.layers import ACTIVATIONS, make_norm
 
@@ -53,9 +53,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False, pos: Tensor | None = None
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        pos: Tensor | None = None,
     ):
-        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights, pos=pos)
+        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights, cache=cache, pos=pos)
         a, att = a if need_weights else (a, None)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -104,22 +109,30 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def _hidden(self, idx: Tensor, key_padding_mask: Tensor | None, need_weights: bool):
+    def make_caches(self) -> list[KVCache]:
+        """One empty KV cache per layer, each for up to block_size tokens."""
+        return [KVCache(self.config.block_size) for _ in self.transformer.h]
+
+    def _hidden(
+        self, idx: Tensor, key_padding_mask: Tensor | None, need_weights: bool, caches: list[KVCache] | None = None
+    ):
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        past = 0 if caches is None else caches[0].length
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
+        pos = positions(past, T, key_padding_mask, idx.device)  # (T,) or (B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
-        if "wpe" in self.transformer:
+        if "wpe" in self.transformer:  # learned positions; rotary ones are applied inside attention
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         patterns = []
-        for block in self.transformer.h:
+        for i, block in enumerate(self.transformer.h):
+            cache = None if caches is None else caches[i]
             if need_weights:
-                x, att = block(x, key_padding_mask, need_weights=True, pos=pos)
+                x, att = block(x, key_padding_mask, need_weights=True, cache=cache, pos=pos)
                 patterns.append(att)
             else:
-                x = block(x, key_padding_mask, pos=pos)
+                x = block(x, key_padding_mask, cache=cache, pos=pos)
         return self.transformer.ln_f(x), patterns
 
     def forward(
@@ -136,6 +149,15 @@ class GPT(nn.Module):
             )
         return logits, loss
 
+    def next_logits(
+        self, idx: Tensor, key_padding_mask: Tensor | None = None, caches: list[KVCache] | None = None
+    ) -> Tensor:
+        """Logits (B, vocab) for the token after idx (B, T), computing the LM head for the last
+        position only. With caches, idx continues the tokens they hold (which it extends), and
+        key_padding_mask (B, cached + T) covers those tokens too."""
+        x, _ = self._hidden(idx, key_padding_mask, need_weights=False, caches=caches)
+        return self.lm_head(x[:, -1, :])  # (B, vocab)
+
     @torch.no_grad()
     def attention_patterns(self, idx: Tensor) -> list[Tensor]:
         """One (B, n_head, T, T) attention pattern per layer, from the explicit attention path."""
@@ -147,3 +169,12 @@ class GPT(nn.Module):
         from model.checkpoint import load_model
 
         return load_model(path, device)[0]
+
+
+def positions(past: int, T: int, key_padding_mask: Tensor | None, device: torch.device) -> Tensor:
+    """Absolute positions of T new tokens that follow `past` earlier ones: (T,), or (B, T) with a
+    key_padding_mask (B, past + T) of left padding, so that each row's first real token is at 0."""
+    if key_padding_mask is None:
+        return torch.arange(past, past + T, device=device)
+    real = (~key_padding_mask.to(device=device, dtype=torch.bool)).long()  # (B, past + T)
+    return (real.cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # padding sits at 0 too; it is never seen

@@ -45,9 +45,11 @@ def rotary_frequencies(head_size: int) -> Tensor:
 def apply_rotary(x: Tensor, pos: Tensor, frequencies: Tensor) -> Tensor:
     """Rotate each pair of channels (i, i + hs/2) of x (B, nh, T, hs) by the angle pos[t] * frequencies[i].
 
-    pos (T,) holds absolute token positions, so a cache of earlier keys can pass an offset range.
+    pos (T,) or (B, T) holds absolute token positions, so a cache of earlier keys can pass an offset range.
     """
-    angles = pos.to(torch.float32)[:, None] * frequencies[None, :]  # (T, hs/2)
+    angles = pos.to(torch.float32)[..., None] * frequencies  # (T, hs/2), or (B, T, hs/2) for left-padded rows
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, T, hs/2): the same rotation for every head
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)

@@ -96,8 +96,10 @@ class Trainer:
             resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
             model_config = model_config_for_resume(resume, model_config, self.dataset.meta, self.out_dir / checkpoint.LATEST)
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
-        elif config.init_from != "scratch":
-            raise TinyGPTError(f"init_from must be 'scratch' or 'resume', got '{config.init_from}'")
+        pretrained = None
+        if config.init_from not in ("scratch", "resume"):  # a Hugging Face GPT-2 folder or hub name
+            pretrained = self._load_pretrained(config.init_from)
+            model_config = dataclasses.replace(pretrained.config, dropout=model_config.dropout)
         model_config = self._fit_vocab(model_config)
         self.model_config = model_config
         memory.check_fits(model_config, config, self.device, self.dtype)  # before allocating anything
@@ -106,6 +108,8 @@ class Trainer:
         self.model = GPT(model_config)
         if resume is not None:
             self.model.load_state_dict(resume["model"])
+        if pretrained is not None:
+            self.model.load_state_dict(pretrained.state_dict())
         self.model.to(self.device)
         if self.dist.enabled:
             torch.manual_seed(config.seed + self.dist.rank)  # each rank its own dropout masks
@@ -158,6 +162,19 @@ class Trainer:
     def echo(self, message: str) -> None:
         if not self.quiet and self.dist.is_master:
             tqdm.write(message, file=sys.stdout)
+
+    def _load_pretrained(self, name_or_dir: str) -> GPT:
+        from model.hf import load_pretrained
+
+        model, tok = load_pretrained(name_or_dir)
+        if tok.to_meta() != self.tokenizer_meta:
+            raise TinyGPTError(
+                f"init_from={name_or_dir} uses tokenizer {tok.to_meta()['kind']} ({tok.vocab_size} tokens) but dataset "
+                f"'{self.config.dataset}' was prepared with {self.tokenizer_meta.get('kind')} "
+                f"({self.tokenizer_meta.get('vocab_size')} tokens); prepare it with the same tokenizer (e.g. --tokenizer=gpt2)"
+            )
+        self.echo(f"initialized from {name_or_dir}: {model.num_params() / 1e6:.1f}M parameters, block_size {model.config.block_size}")
+        return model
 
     def _fit_vocab(self, model_config: GPTConfig) -> GPTConfig:
         data_vocab = self.dataset.vocab_size

@@ -76,3 +76,15 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(trained_once, tmp_path / "out"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread. Tiny models gain nothing from more, and OpenMP threads that
+    spin-wait for each other make every op crawl (40x seen) when the machine is busy with other work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,128 @@
+"""Sampling speed: our cached decoding against transformers' generate(), on GPT-2 124M's shape.
+
+    python -m model.bench generate [--new_tokens=256] [--prompt_tokens=16] [--repeats=3] [--threads=N]
+
+Both models hold the same random weights (GPT-2 small's architecture; no download), decode greedily
+at batch 1 with the same thread count, and are timed end to end (prefill + new tokens), best of
+--repeats, alternating so that background load hits both alike. Batch-1 decoding reads every weight
+once per token, so the ceiling is the weight bytes per token divided by the memory bandwidth that
+this process measures with a large copy; the table shows the fraction of that ceiling reached.
+It also checks that greedy tokens are identical with and without our KV cache, and equal to
+transformers'.
+
+Rows: "tinygpt fp32" and "tinygpt bf16" decode with compiled row-dot kernels (model/rowdot.py,
+`sample.py --compile=True`; their compile time is reported, not timed); "tinygpt fp32 eager" is the
+default without compiling (column-major weights, model/generate.py prepare_for_sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+from model.generate import generate, prepare_for_sampling
+from model.gpt import GPT
+
+
+def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second moved by copying a large tensor (read + write traffic), best of repeats."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of parameters one decoding step reads: all of them but the position table (one row)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - model.transformer.wpe.weight.nbytes
+
+
+def ours(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True) -> list[int]:
+    return torch.cat(list(generate(model, prompt, new_tokens, temperature=0.0, use_cache=use_cache))).tolist()
+
+
+def theirs(hf_model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    out = hf_model.generate(
+        prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+        pad_token_id=0, attention_mask=torch.ones_like(prompt),
+    )
+    return out[0, prompt.size(1):].tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.bench generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--prompt_tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no_check", action="store_true", help="skip the (slow) greedy no-cache comparison")
+    args = parser.parse_args(argv)
+
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from model import hf
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf_model = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
+
+    def copy_of_theirs() -> GPT:
+        return hf.gpt_from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+
+    model = prepare_for_sampling(copy_of_theirs(), rowdot=True)
+    model_colmajor = prepare_for_sampling(copy_of_theirs())
+    model_bf16 = prepare_for_sampling(copy_of_theirs(), torch.bfloat16, rowdot=True)
+    prompt = torch.randint(0, 50257, (1, args.prompt_tokens))
+
+    runs = {
+        "tinygpt fp32": lambda: ours(model, prompt, args.new_tokens),
+        "transformers fp32": lambda: theirs(hf_model, prompt, args.new_tokens),
+        "tinygpt bf16": lambda: ours(model_bf16, prompt, args.new_tokens),
+        "tinygpt fp32 eager": lambda: ours(model_colmajor, prompt, args.new_tokens),
+    }
+    t = time.perf_counter()
+    ours(model, prompt, 2), ours(model_bf16, prompt, 2)  # compiles the row-dot kernels
+    compile_time = time.perf_counter() - t
+    ours(model_colmajor, prompt, 2), theirs(hf_model, prompt, 2)  # warm-up
+    times = {name: float("inf") for name in runs}
+    tokens = {}
+    for _ in range(args.repeats):  # alternate, so that background load hits every run alike
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            tokens[name] = fn()
+            times[name] = min(times[name], time.perf_counter() - t)
+    bandwidth = copy_bandwidth()
+
+    print(f"GPT-2 124M shape, random weights, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
+          f"tokens, greedy, {args.threads} threads, best of {args.repeats}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); compiling the row-dot kernels "
+          f"(fp32 and bf16) took {compile_time:.0f}s before timing")
+    base = args.new_tokens / times["transformers fp32"]
+    print(f"{'':<20}{'tokens/s':>10}{'vs transformers':>17}{'weights/token':>15}{'ceiling tok/s':>15}{'of ceiling':>12}")
+    for name, t in times.items():
+        tps = args.new_tokens / t
+        m = model_bf16 if "bf16" in name else model
+        ceiling = bandwidth / weight_bytes_per_token(m)
+        print(f"{name:<20}{tps:>10.1f}{tps / base:>16.2f}x{weight_bytes_per_token(m) / 1e6:>12.0f} MB"
+              f"{ceiling:>15.0f}{tps / ceiling:>11.0%}")
+    print(f"greedy tokens, tinygpt fp32 == transformers fp32: {tokens['tinygpt fp32'] == tokens['transformers fp32']}")
+    if not args.no_check:
+        t = time.perf_counter()
+        no_cache = ours(model, prompt, args.new_tokens, use_cache=False)
+        t = time.perf_counter() - t
+        print(f"greedy tokens, KV cache == no cache: {no_cache == tokens['tinygpt fp32']} "
+              f"(no cache: {args.new_tokens / t:.1f} tokens/s)")
+    return 0

@@ -1,0 +1,201 @@
+"""KV-cached, batched and streamed sampling: exactness against recomputing, and the sampling controls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.checkpoint import model_state, save_checkpoint
+from model.cli import sample_main
+from model.config import GPTConfig
+from model.generate import StopAtString, generate, generate_text, left_pad, prepare_for_sampling, sample_next
+from model.gpt import GPT, positions
+from model.tokenizer import CharTokenizer
+
+CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
+
+def peaky_gpt(seed: int = 0, **shape) -> GPT:
+    """A random GPT whose next-token distributions are far from uniform, so greedy choices are
+    clear-cut and a real difference in the computation (not rounding) is what changes them."""
+    torch.manual_seed(seed)
+    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(CHARS))
+    values.update(shape)
+    model = GPT(GPTConfig(**values))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.5)
+    return model.eval()
+
+
+def greedy(model: GPT, prompts, n: int, use_cache: bool = True) -> list[list[int]]:
+    steps = list(generate(model, prompts, n, temperature=0.0, use_cache=use_cache))
+    return torch.stack(steps, dim=1).tolist()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(n_layer=1, n_head=1, n_embd=16, block_size=8),
+        dict(n_layer=2, n_head=2, n_embd=32, block_size=16),
+        dict(n_layer=3, n_head=4, n_embd=32, block_size=12, tie_weights=False, mlp_ratio=2),
+        dict(n_layer=2, n_head=2, n_embd=32, block_size=10, pos_embedding="rope", norm="rmsnorm", qk_norm=True,
+             activation="relu2", bias=False),
+    ],
+)
+@pytest.mark.parametrize("prompt_len", [1, 5, 30])  # 30 is longer than every block_size here
+def test_greedy_with_cache_equals_without(shape, prompt_len):
+    model = peaky_gpt(**shape)
+    prompt = torch.randint(0, len(CHARS), (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    n = 2 * shape["block_size"] + 3  # runs well past block_size, where the context slides
+    with_cache = greedy(model, prompt, n)
+    assert with_cache == greedy(model, prompt, n, use_cache=False)
+    assert len(set(with_cache[0])) > 1  # the model doesn't just repeat one token
+
+
+def test_cached_logits_match_full_forward():
+    model = peaky_gpt()
+    idx = torch.randint(0, len(CHARS), (2, 12))
+    caches = model.make_caches()
+    with torch.no_grad():
+        model.next_logits(idx[:, :5], caches=caches)
+        for t in range(5, 12):
+            cached = model.next_logits(idx[:, t : t + 1], caches=caches)
+            full, _ = model(idx[:, : t + 1])
+            torch.testing.assert_close(cached, full[:, -1], rtol=1e-5, atol=1e-5)
+    assert caches[0].length == 12
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
+def test_batch_of_different_lengths_equals_one_at_a_time(pos_embedding):
+    model = peaky_gpt(block_size=16, pos_embedding=pos_embedding)
+    prompts = [[3], [5, 8, 13, 21, 34, 2, 1], list(range(20, 45))]  # the last is longer than block_size
+    batched = greedy(model, prompts, 24)
+    alone = [greedy(model, [p], 24)[0] for p in prompts]
+    assert batched == alone
+    assert greedy(model, prompts, 24, use_cache=False) == alone
+
+
+def test_left_padding_positions_and_no_nan():
+    ids, pad = left_pad([[7, 8, 9], [4]])
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 4]]
+    assert pad.tolist() == [[False, False, False], [True, True, False]]
+    assert positions(0, 3, pad, ids.device).tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert positions(3, 1, torch.cat([pad, torch.zeros(2, 1, dtype=torch.bool)], 1), ids.device).tolist() == [[3], [1]]
+    model = peaky_gpt()
+    with torch.no_grad():
+        logits, _ = model(ids, key_padding_mask=pad)
+    assert torch.isfinite(logits).all()  # padding queries see themselves, so no NaN leaks
+
+
+def test_sample_next_controls():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert sample_next(logits, temperature=0).tolist() == [0]
+    g = torch.Generator().manual_seed(0)
+    top2 = {sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(300)}
+    assert top2 == {0, 1}
+    nucleus = {sample_next(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(300)}
+    assert nucleus == {0, 1}  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are outside the nucleus
+    everything = {sample_next(logits, 1.0, generator=g).item() for _ in range(300)}
+    assert everything == {0, 1, 2, 3}
+
+
+def test_stop_string_held_back_across_pieces():
+    s = StopAtString(["END", "\n\n"])
+    out = [s.push("ab"), s.push("cE"), s.push("N"), s.push("xy E"), s.push("ND tail"), s.push("more")]
+    assert out == ["ab", "c", "", "ENxy ", "", ""]
+    assert s.stopped and s.flush() == ""
+    s = StopAtString(["END"])
+    assert s.push("xEN") == "x" and s.flush() == "EN"  # never completed: the held-back text comes out
+
+
+def test_generate_text_stops_at_first_stop_string_and_is_reproducible():
+    model = peaky_gpt()
+    tok = CharTokenizer(CHARS)
+    prompt = [tok.encode("To be")]
+
+    def text(**kw) -> str:
+        return "".join(piece for _, piece in generate_text(model, tok, prompt, 40, **kw))
+
+    full = text(temperature=0.0)
+    stop = full[10:12]
+    assert text(temperature=0.0, stop=[stop]) == full[: full.index(stop)]
+    assert text(temperature=1.0, seed=7) == text(temperature=1.0, seed=7)
+    assert len({text(temperature=1.0, seed=s) for s in range(4)}) > 1
+
+
+def test_prepare_for_sampling_keeps_outputs(tmp_path):
+    model = peaky_gpt()
+    idx = torch.randint(0, len(CHARS), (2, 10))
+    with torch.no_grad():
+        before, _ = model(idx)
+        prepare_for_sampling(model)
+        after, _ = model(idx)
+    assert not model.lm_head.weight.is_contiguous()  # stored column-major now
+    assert model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def char_checkpoint(tmp_path):
+    model = peaky_gpt()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model_state(model, model.config, CharTokenizer(CHARS).to_meta()))
+    return path, model
+
+
+def test_sample_cli_streams_greedy_text_with_stop(char_checkpoint, capsys):
+    path, model = char_checkpoint
+    tok = CharTokenizer(CHARS)
+    full = "".join(p for _, p in generate_text(model, tok, [tok.encode("Ab")], 30, temperature=0.0))
+    stop = full[8:10]
+    args = [f"--checkpoint={path}", "--start=Ab", "--num_samples=1", "--max_new_tokens=30", "--temperature=0"]
+    assert sample_main(args + [f"--stop={stop}"]) == 0
+    assert capsys.readouterr().out == "Ab" + full[: full.index(stop)] + "\n---------------\n"
+
+
+def test_sample_cli_batch_and_prompt_file(char_checkpoint, tmp_path, capsys):
+    path, _ = char_checkpoint
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("ROMEO:", encoding="utf-8")
+    assert sample_main([f"--checkpoint={path}", f"--start=FILE:{prompt_file}", "--num_samples=3",
+                        "--max_new_tokens=20", "--seed=3"]) == 0
+    samples = capsys.readouterr().out.split("\n---------------\n")
+    assert len(samples) == 4 and samples[-1] == ""
+    assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 20 for s in samples[:3])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature=-1"], "--temperature"),
+        (["--top_p=1.5"], "--top_p"),
+        (["--init_from=./no/such/folder"], "no/such/folder"),
+        (["--start=FILE:/no/such/prompt.txt"], "prompt file not found"),
+    ],
+)
+def test_sample_cli_bad_input_is_one_line(char_checkpoint, capsys, args, message):
+    path, _ = char_checkpoint
+    assert sample_main([f"--checkpoint={path}", "--max_new_tokens=2"] + args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_rowdot_decoding_matches_and_keeps_parameters():
+    from model.rowdot import RowDotLinear, use_rowdot
+
+    model = peaky_gpt(block_size=16)
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]]  # the second is past block_size
+    expected = [greedy(model, [p], 20)[0] for p in prompts]
+    names = set(model.state_dict())
+    use_rowdot(model, compile=False)  # the eager kernel: same arithmetic as the compiled one
+    assert isinstance(model.lm_head, RowDotLinear) and isinstance(model.transformer.h[0].mlp.c_fc, RowDotLinear)
+    assert model.lm_head.weight is model.transformer.wte.weight and set(model.state_dict()) == names
+    assert [greedy(model, [p], 20)[0] for p in prompts] == expected
+    assert greedy(model, prompts, 20) == expected  # batches (several rows) take the F.linear path
+    x = torch.randn(1, 1, 32)
+    layer = model.transformer.h[0].attn.c_attn
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
