@@ -176,12 +176,13 @@ def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, de
         keep = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
         mask = keep if mask is None else mask & keep
         if causal:
-            # A padding query (left padding) would otherwise see no key at all, and its softmax row
-            # of -inf would be NaN, which leaks into later layers through 0 * NaN. Letting it see
-            # itself keeps it finite; real queries never look at it.
+            # A padding query (left padding) may see no key at all; its softmax row of -inf would be
+            # NaN, which leaks into later layers through 0 * NaN. Such a query (and only such a one,
+            # so every other row equals torch.nn.MultiheadAttention's) sees itself instead; real
+            # queries never look at it.
             itself = torch.zeros(T, S, dtype=torch.bool, device=device)
             itself[torch.arange(T), torch.arange(S - T, S)] = True
-            mask = mask | itself
+            mask = mask | (itself & ~mask.any(dim=-1, keepdim=True))
     return mask
 
 

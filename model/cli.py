@@ -140,11 +140,13 @@ def sample_main(argv: list[str] | None = None) -> int:
     pieces = generate_text(model, tok, [ids] * args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
                            args.top_p, args.stop, args.seed)
     separator = "\n---------------\n"
+    # streamed text on a terminal shows the progress; for a batch, or output to a file, a bar on stderr does
+    quiet = args.quiet or (args.num_samples == 1 and sys.stdout.isatty())
+    pieces = progress(pieces, total=args.num_samples * args.max_new_tokens, desc="sampling", unit="tok", quiet=quiet)
     if args.num_samples == 1:  # stream the text as it arrives
         sys.stdout.write(prompt)
         for _, text in pieces:
             sys.stdout.write(text)
-    from model.progress import progress
             sys.stdout.flush()
         sys.stdout.write(separator)
     else:  # one batch: every sample is complete at the same time
