@@ -34,8 +34,10 @@ def _synchronize(device: str) -> None:
 @torch.no_grad()
 def measure_peak_flops(device: str, dtype: torch.dtype, size: int = 1024, seconds: float = 0.25) -> float:
     """FLOP/s of the fastest of repeated (size x size) @ (size x size) matmuls within `seconds`."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # a generator of its own: drawing from the global one would shift dropout masks after a resume
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     a @ b  # warm-up: first-call allocation and kernel selection are not arithmetic
     _synchronize(device)
     best, deadline = float("inf"), time.perf_counter() + seconds
