@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.layers import apply_rotary, rotary_frequencies
+from model.layers import RMSNorm, apply_rotary, rotary_frequencies
 
 
 class KVCache:
@@ -79,8 +79,8 @@ class MultiHeadAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
-        self.q_norm = nn.RMSNorm(self.head_size) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_size) if qk_norm else None
+        self.q_norm = RMSNorm(self.head_size) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_size) if qk_norm else None
         self.rope = rope
         if rope:
             self.register_buffer("rope_frequencies", rotary_frequencies(self.head_size), persistent=False)

@@ -19,10 +19,19 @@ ROPE_BASE = 10000.0
 """Wavelength scale of the rotary frequencies, as in the RoFormer paper."""
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm that follows its input's dtype: under bfloat16 autocast a float32 gain would send
+    torch.rms_norm down its slow unfused path, so the gain is cast to the input's dtype instead."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
     """'layernorm' (with a bias when `bias`) or 'rmsnorm' (a gain only)."""
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim)
+        return RMSNorm(dim)
     return nn.LayerNorm(dim, bias=bias)
 
 
