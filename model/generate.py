@@ -55,24 +55,26 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot: bool = False) -> GPT:
+def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot: bool = True) -> GPT:
     """Cast the model to dtype for inference and lay its weights out for fast decoding, in place;
-    returns the model in eval mode. With rowdot, one-row products use compiled row dot products
-    (see model/rowdot.py: fastest for a single sequence, but compiling takes a while first);
-    otherwise every linear layer's weight is stored transposed in memory (column-major):
+    returns the model in eval mode.
 
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
-    the weights stream from memory. PyTorch computes F.linear(x, W) as x @ W.t(): with W row-major
-    (out, in), W.t() is a transposed view and the CPU BLAS takes a matrix-vector route that reads it
-    at a fraction of memory bandwidth; with W stored column-major, W.t() is a plain row-major
-    (in, out) matrix, whose product streams about twice as fast. Shapes, names and results are
-    unchanged (only the summation order inside the product may differ in the last bits).
+    the weights stream from memory. On a CPU, with rowdot (the default), one-row products go through
+    the C row-dot kernels of model/rowdot.py, which read the weights at close to the memory
+    bandwidth. Where those can't be built (no C compiler), or with rowdot=False, every linear
+    layer's weight is stored transposed in memory (column-major) instead: PyTorch computes
+    F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed view that the CPU BLAS
+    reads at a fraction of the bandwidth, while with W column-major, W.t() is a plain row-major
+    (in, out) matrix whose product streams about twice as fast. Shapes, names and results are
+    unchanged either way (only the summation order inside a product may differ in the last bits).
     """
     model.to(dtype).eval()
-    if rowdot:
+    if rowdot and model.lm_head.weight.device.type == "cpu":
         from model.rowdot import use_rowdot
 
-        return use_rowdot(model)
+        if use_rowdot(model):
+            return model
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             weight = module.weight  # the tied LM head is the token embedding: converted once
@@ -95,7 +97,7 @@ def left_pad(prompts: Sequence[Sequence[int]], device: str | torch.device = "cpu
     return ids.to(device), (pad.to(device) if pad.any() else None)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: GPT,
     prompts: Tensor | Sequence[Sequence[int]],

@@ -1,6 +1,6 @@
 """Sampling speed: our cached decoding against transformers' generate(), on GPT-2 124M's shape.
 
-    python -m model.bench generate [--new_tokens=256] [--prompt_tokens=16] [--repeats=3] [--threads=N]
+    python -m model.bench generate [--new_tokens=256] [--prompt_tokens=16] [--repeats=5] [--threads=N]
 
 Both models hold the same random weights (GPT-2 small's architecture; no download), decode greedily
 at batch 1 with the same thread count, and are timed end to end (prefill + new tokens), best of
@@ -10,9 +10,9 @@ this process measures with a large copy; the table shows the fraction of that ce
 It also checks that greedy tokens are identical with and without our KV cache, and equal to
 transformers'.
 
-Rows: "tinygpt fp32" and "tinygpt bf16" decode with compiled row-dot kernels (model/rowdot.py,
-`sample.py --compile=True`; their compile time is reported, not timed); "tinygpt fp32 eager" is the
-default without compiling (column-major weights, model/generate.py prepare_for_sampling).
+Rows: "tinygpt fp32" and "tinygpt bf16" decode with the C row-dot kernels (model/rowdot.py, what
+sample.py uses on a CPU; building them is reported, not timed); "tinygpt fp32 torch" keeps PyTorch's
+products (column-major weights, `sample.py --compile=False`, model/generate.py prepare_for_sampling).
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ import torch
 
 from model.generate import generate, prepare_for_sampling
 from model.gpt import GPT
+from model.rowdot import huge_page_buffer
 
 
 def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
-    """Bytes per second moved by copying a large tensor (read + write traffic), best of repeats."""
-    src = torch.ones(megabytes * 2**20 // 4)
-    dst = torch.empty_like(src)
+    """Bytes per second moved by copying a large tensor (read + write traffic), best of repeats, in
+    the same 2 MB pages the row-dot kernels read their weights from (where the OS has them)."""
+    n = megabytes * 2**20 // 4
+    src, dst = (huge_page_buffer(4 * n) for _ in range(2))
+    src, dst = (torch.empty(n) if t is None else t.view(torch.float32) for t in (src, dst))
+    src.fill_(1.0)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.bench generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--prompt_tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no_check", action="store_true", help="skip the (slow) greedy no-cache comparison")
     args = parser.parse_args(argv)
@@ -79,21 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     def copy_of_theirs() -> GPT:
         return hf.gpt_from_hf(hf_model.config.to_dict(), hf_model.state_dict())
 
-    model = prepare_for_sampling(copy_of_theirs(), rowdot=True)
-    model_colmajor = prepare_for_sampling(copy_of_theirs())
-    model_bf16 = prepare_for_sampling(copy_of_theirs(), torch.bfloat16, rowdot=True)
+    t = time.perf_counter()
+    model = prepare_for_sampling(copy_of_theirs())
+    build_time = time.perf_counter() - t
+    model_colmajor = prepare_for_sampling(copy_of_theirs(), rowdot=False)
+    model_bf16 = prepare_for_sampling(copy_of_theirs(), torch.bfloat16)
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens))
 
     runs = {
         "tinygpt fp32": lambda: ours(model, prompt, args.new_tokens),
         "transformers fp32": lambda: theirs(hf_model, prompt, args.new_tokens),
         "tinygpt bf16": lambda: ours(model_bf16, prompt, args.new_tokens),
-        "tinygpt fp32 eager": lambda: ours(model_colmajor, prompt, args.new_tokens),
+        "tinygpt fp32 torch": lambda: ours(model_colmajor, prompt, args.new_tokens),
     }
-    t = time.perf_counter()
-    ours(model, prompt, 2), ours(model_bf16, prompt, 2)  # compiles the row-dot kernels
-    compile_time = time.perf_counter() - t
-    ours(model_colmajor, prompt, 2), theirs(hf_model, prompt, 2)  # warm-up
+    for fn in runs.values():  # warm-up
+        fn()
     times = {name: float("inf") for name in runs}
     tokens = {}
     for _ in range(args.repeats):  # alternate, so that background load hits every run alike
@@ -108,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); compiling the row-dot kernels "
-          f"(fp32 and bf16) took {compile_time:.0f}s before timing")
+    print(f"memory copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write); preparing the fp32 model, row-dot "
+          f"kernels included, took {build_time:.1f}s before timing")
     base = args.new_tokens / times["transformers fp32"]
     print(f"{'':<20}{'tokens/s':>10}{'vs transformers':>17}{'weights/token':>15}{'ceiling tok/s':>15}{'of ceiling':>12}")
     for name, t in times.items():
