@@ -149,7 +149,7 @@ class MultiHeadAttention(nn.Module):
             mask = None  # one new query after all the (cached) keys may see every one of them
         else:
             mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
-        if not need_weights:
+        if not need_weights and not explicit_is_faster(q, S, dropout_p):
             fast_causal = causal and mask is not None and key_padding_mask is None and T == S
             y = F.scaled_dot_product_attention(
                 q, k, v,
@@ -163,7 +163,23 @@ class MultiHeadAttention(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
         att = F.softmax(scores.float(), dim=-1).to(q.dtype)
         y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
-        return y, att
+        return y, (att if need_weights else None)
+
+
+EXPLICIT_MAX_KEYS = 128
+"""Longest key sequence for which training in bfloat16/float16 on a CPU takes the explicit path."""
+
+
+def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
+    """Whether to train through the explicit attention path instead of PyTorch's fused kernel.
+    On a CPU in bfloat16, the fused (flash) kernel's backward is slow for short sequences: forward
+    plus backward at 64 tokens took 3.7x as long as the explicit path, at 128 tokens 3.2x, at 256
+    about the same (BENCHMARKS.md). With dropout the fused kernels don't run on a CPU at all, and
+    PyTorch's fallback took 1.15x as long as the explicit path in bfloat16 at 256 tokens. Longer
+    sequences keep the fused kernel, which also never stores the (T, S) score matrix; float32,
+    inference and GPUs keep it always."""
+    short_or_dropout = S <= EXPLICIT_MAX_KEYS or dropout_p > 0
+    return q.requires_grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and short_or_dropout
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:

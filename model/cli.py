@@ -81,8 +81,10 @@ def train_main(argv: list[str] | None = None) -> int:
         config_path = args.pop(0)
     model_config, train_config = load_config(config_path, args)
 
+    from model.device import keep_freed_memory
     from model.trainer import train
 
+    keep_freed_memory()  # this process only trains: let it reuse its activations' memory
     train(model_config, train_config, quiet=quiet)
     return 0
 

@@ -41,3 +41,24 @@ def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManag
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse the memory that large tensors free instead of handing it back to
+    the OS. By default every allocation above a threshold is a fresh mmap and every free an munmap,
+    so each training step page-faults its activations into existence again: on the 2-core machine
+    of BENCHMARKS.md that was a third of a baby-GPT step on the CPU. Costs nothing but a process
+    that keeps its peak memory until it exits. Returns False where malloc isn't glibc's."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        # no mmap for big blocks (they come from the heap and return to it), and don't trim the heap
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False

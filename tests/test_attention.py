@@ -90,3 +90,27 @@ def test_queries_later_than_keys_see_the_right_prefix():
 def test_rejects_width_not_divisible_by_heads():
     with pytest.raises(ValueError, match="not divisible"):
         MultiHeadAttention(30, 4)
+
+
+def test_bf16_training_path_matches_the_fused_kernel(monkeypatch):
+    from model import attention
+
+    torch.manual_seed(0)
+    mha = attention.MultiHeadAttention(32, 4).bfloat16()
+    x = torch.randn(3, 16, 32, dtype=torch.bfloat16, requires_grad=True)
+    q = torch.zeros(1, 1, 16, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert attention.explicit_is_faster(q, 16, 0.0) and attention.explicit_is_faster(q, 512, 0.1)
+    assert not attention.explicit_is_faster(q, 512, 0.0) and not attention.explicit_is_faster(q.float(), 16, 0.0)
+    assert not attention.explicit_is_faster(q.detach(), 16, 0.0)  # inference keeps the fused kernel
+
+    def output_and_grad():
+        x.grad = None
+        y = mha(x)
+        y.float().square().sum().backward()
+        return y.float(), x.grad.float()
+
+    explicit = output_and_grad()
+    monkeypatch.setattr(attention, "explicit_is_faster", lambda *args: False)
+    fused = output_and_grad()
+    for a, b in zip(explicit, fused):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

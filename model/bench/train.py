@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     load_config(args.config, overrides)  # fail on a bad config before the slow part
     result_dir = Path(args.result_dir)
     result_dir.mkdir(parents=True, exist_ok=True)
+    from model.device import keep_freed_memory
+
+    keep_freed_memory()  # as train.py does
 
     peaks = {name: measure_matmul_flops(dtype, args.matmul_size) for name, dtype in
              (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
