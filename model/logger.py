@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class RunLogger:
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
+        self.write_failed = False
         self.start = time.time()
         if enabled:
             self.start -= self._continue_metrics(resume_iter)
@@ -79,12 +81,20 @@ class RunLogger:
             return
         metrics = {k: v for k, v in metrics.items() if v is not None}
         record = {**metrics, "wall_time": round(time.time() - self.start, 3)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if "val_loss" in metrics:
-            from model.plots import plot_loss  # matplotlib takes a second to import: only when drawing
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if "val_loss" in metrics:
+                from model.plots import plot_loss  # matplotlib takes a second to import: only when drawing
 
-            plot_loss(self.out_dir)
+                plot_loss(self.out_dir)
+        except OSError as e:
+            # a full disk or a vanished folder costs the run its metrics, not its training: the
+            # checkpoint writes say for themselves whether they still succeed
+            if not self.write_failed:
+                print(f"warning: could not write {self.path} or loss.png ({e.strerror or e}); training goes on",
+                      file=sys.stderr, flush=True)
+            self.write_failed = True
         if self.wandb_run is not None:
             self.wandb_run.log(metrics)
 

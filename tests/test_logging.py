@@ -217,3 +217,14 @@ def test_encoding_in_pieces_gives_the_same_ids(shakespeare_text, kind):
     whole = np.array(tok.encode(text), dtype=np.uint32)
     pieces = encode_with_progress(tok, text, np.dtype(np.uint32), "test", quiet=True, piece_chars=997)
     np.testing.assert_array_equal(pieces, whole)
+
+
+def test_metrics_write_failure_warns_once_and_training_goes_on(tmp_path, capsys):
+    from model.logger import RunLogger
+
+    logger = RunLogger(tmp_path, config={})
+    logger.path.mkdir()  # appending to a folder fails like a full disk would: with an OSError
+    for i in range(3):
+        logger.log({"iter": i, "loss": 1.0})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not write" in err and "metrics.jsonl" in err
