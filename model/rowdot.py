@@ -81,7 +81,7 @@ def kernels() -> ctypes.CDLL | None:
             return None
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:
-        print(f"tinygpt: row-dot kernels unavailable ({e}); decoding uses PyTorch's products", file=sys.stderr)
+        print(f"warning: row-dot kernels unavailable ({e}); decoding uses PyTorch's products", file=sys.stderr)
         return None
     for fn in (lib.rowdot_f32, lib.rowdot_bf16):
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
