@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from model import tokenizer as tokenizers
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, read_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -237,8 +237,8 @@ class TokenDataset:
                 f"dataset not prepared: {meta_path} is missing; run `python data/prepare.py "
                 f"--dataset={self.folder.name}`"
             )
+        self.meta = read_json(meta_path)
         try:
-            self.meta = json.loads(meta_path.read_text())
             self.vocab_size = int(self.meta["vocab_size"])
             self.dtype = np.dtype(self.meta["dtype"])
         except (ValueError, KeyError, TypeError) as e:

@@ -22,7 +22,7 @@ import torch
 from model import tokenizer as tokenizers
 from model.cli import OneLineArgumentParser, guarded
 from model.config import GPTConfig
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, read_json
 from model.gpt import GPT
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -145,14 +145,11 @@ def load_pretrained(
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise TinyGPTError(f"{folder} has no config.json; expected a transformers save_pretrained folder")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinyGPTError(f"{config_path} is not valid JSON: {e}") from None
+    hf_config = read_json(config_path)
     model = gpt_from_hf(hf_config, _read_weights(folder), str(folder))
     config = model.config
     tok_path = folder / TOKENIZER_FILE
-    tok = tokenizers.from_meta(json.loads(tok_path.read_text())) if tok_path.is_file() else tokenizers.TiktokenTokenizer("gpt2")
+    tok = tokenizers.from_meta(read_json(tok_path)) if tok_path.is_file() else tokenizers.TiktokenTokenizer("gpt2")
     if tok.vocab_size > config.vocab_size:
         raise TinyGPTError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}")
     return model.to(device), tok

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cli import OneLineArgumentParser, guarded
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, read_json
 from model.plots import METRICS, plot_val_curves, read_metrics
 
 IGNORED_KEYS = ("out_dir",)
@@ -37,10 +37,7 @@ class Run:
         for path in (config_path, metrics_path):
             if not path.is_file():
                 raise TinyGPTError(f"{out_dir} is not a training run folder: {path.name} is missing")
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TinyGPTError(f"{config_path} is not valid JSON: {e}") from None
+        config = read_json(config_path)
         if not isinstance(config, dict):
             raise TinyGPTError(f"{config_path} does not hold a config (a JSON object)")
         return cls(out_dir, config, read_metrics(metrics_path))

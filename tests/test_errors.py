@@ -248,3 +248,19 @@ def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypat
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
                         "could not write", "train.bin", "No space left on device")
     assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
+
+
+def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):
+    import pytest
+
+    from model.errors import TinyGPTError, read_json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}')
+    assert read_json(good) == {"a": [1, 2]}
+    (tmp_path / "truncated.json").write_text('{"a": [1,')
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "folder.json").mkdir()
+    for name in ("truncated.json", "binary.json", "folder.json", "missing.json"):
+        with pytest.raises(TinyGPTError, match=name):
+            read_json(tmp_path / name)
