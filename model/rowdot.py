@@ -47,11 +47,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TINYGPT_CACHE") or Path.home() / ".cache" / "tinygpt")
 
 
+def cpu_identity() -> str:
+    """The CPU's model and instruction-set flags: a -march=native build is only for CPUs that match
+    (a home folder shared by machines of a cluster must not hand an AVX-512 build to an older CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
 def _build(compiler: str) -> Path | None:
-    """Compile SOURCE into a shared library in the cache (once per source, compiler and machine)."""
+    """Compile SOURCE into a shared library in the cache (once per source, compiler and CPU)."""
     source = SOURCE.read_bytes()
     for flags in FLAG_SETS:
-        key = hashlib.sha256(source + " ".join([compiler, *flags, platform.machine()]).encode()).hexdigest()[:16]
+        identity = " ".join([compiler, *flags, platform.machine(), cpu_identity()])
+        key = hashlib.sha256(source + identity.encode()).hexdigest()[:16]
         lib = cache_dir() / f"rowdot-{key}.so"
         if lib.exists():
             return lib
