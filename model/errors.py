@@ -1,4 +1,5 @@
-"""The one exception type that command-line programs turn into a single line on stderr."""
+"""The one exception type that command-line programs turn into a single line on stderr, and
+`read_json`, which reads a user's JSON file or raises it."""
 
 from __future__ import annotations
 
