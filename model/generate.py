@@ -62,7 +62,8 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot:
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
     the weights stream from memory. On a CPU, with rowdot (the default), one-row products go through
     the C row-dot kernels of model/rowdot.py, which read the weights at close to the memory
-    bandwidth. Where those can't be built (no C compiler), or with rowdot=False, every linear
+    bandwidth, and a batch-1 decoding step runs whole in C (model/fastdecode.py), without PyTorch's
+    per-op overhead between the products. Where those can't be built (no C compiler), or with rowdot=False, every linear
     layer's weight is stored transposed in memory (column-major) instead: PyTorch computes
     F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed view that the CPU BLAS
     reads at a fraction of the bandwidth, while with W column-major, W.t() is a plain row-major
@@ -74,6 +75,10 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot:
         from model.rowdot import use_rowdot
 
         if use_rowdot(model):
+            from model.fastdecode import FastDecoder
+            from model.rowdot import kernels
+
+            FastDecoder.attach(model, kernels())
             return model
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -122,6 +127,9 @@ def generate(
         idx, pad = left_pad(prompts, device)
     block_size = model.config.block_size
     caches = model.make_caches() if use_cache else None
+    fast = getattr(model, "fast_decoder", None)  # decoding one row in C (model/fastdecode.py)
+    if fast is not None and (not use_cache or pad is not None or idx.size(0) != 1 or not fast.matches(model)):
+        fast = None
     new = idx  # tokens the model hasn't seen yet
     for _ in range(max_new_tokens):
         window = slice(max(0, idx.size(1) - block_size), idx.size(1))
@@ -134,7 +142,10 @@ def generate(
         window_pad = None if pad is None else pad[:, window]
         if window_pad is not None and not window_pad.any():
             window_pad = None
-        logits = model.next_logits(new, window_pad, caches)  # (B, vocab)
+        if fast is not None and new.size(1) == 1 and fast.usable(caches):
+            logits = fast.step(int(new[0, 0]), caches)  # (1, vocab)
+        else:
+            logits = model.next_logits(new, window_pad, caches)  # (B, vocab)
         next_ids = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         # only the last block_size tokens are ever looked at again; keeping one more than that (so the
         # window still slides) bounds memory however many tokens are asked for

@@ -123,8 +123,10 @@ class RowDotLinear(nn.Module):
         self.lib = lib
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad:
-            return F.linear(x, self.weight, self.bias)
+        w = self.weight
+        if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
+                or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
+            return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
         y = rowdot(self.weight, x.reshape(-1), self.bias, self.lib)  # (out,)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 

@@ -242,3 +242,74 @@ def test_sampling_without_row_dot_kernels_uses_column_major_weights(monkeypatch)
     prepare_for_sampling(model)
     assert type(model.lm_head) is torch.nn.Linear and not model.lm_head.weight.is_contiguous()
     assert greedy(model, [[3, 1, 4]], 10) == expected
+
+
+FAST_SHAPES = [
+    dict(n_layer=1, n_head=1, n_embd=16, block_size=8),
+    dict(n_layer=2, n_head=4, n_embd=32, block_size=12, tie_weights=False, mlp_ratio=2, bias=False),
+    dict(n_layer=2, n_head=2, n_embd=32, block_size=10, pos_embedding="rope", norm="rmsnorm", qk_norm=True,
+         activation="relu2", bias=False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", FAST_SHAPES)
+def test_c_decode_step_matches_pytorch_step(shape, dtype):
+    import copy
+
+    reference = peaky_gpt(**shape)
+    with torch.no_grad():
+        for p in reference.parameters():  # norms and biases away from 1 and 0, so each one counts
+            if p.dim() == 1:
+                p.normal_(std=0.5)
+    model = prepare_for_sampling(copy.deepcopy(reference), dtype)
+    reference.to(dtype)
+    assert model.fast_decoder is not None  # CI has a C compiler: the C step must be in use
+    prompt = torch.randint(0, len(CHARS), (1, 3), generator=torch.Generator().manual_seed(1))
+    ours, theirs = model.make_caches(), reference.make_caches()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1  # bf16: PyTorch rounds every intermediate
+    with torch.inference_mode():
+        model.next_logits(prompt, None, ours), reference.next_logits(prompt, None, theirs)
+        for token in torch.randint(0, len(CHARS), (shape["block_size"] - 3,)).tolist():
+            assert model.fast_decoder.usable(ours)
+            got = model.fast_decoder.step(token, ours)
+            expected = reference.next_logits(torch.tensor([[token]]), None, theirs).float()
+            scale = expected.abs().max().item()
+            torch.testing.assert_close(got, expected, rtol=0, atol=tolerance * scale)
+        assert ours[0].length == theirs[0].length == shape["block_size"]
+        assert not model.fast_decoder.usable(ours)  # full: generate re-prefills through PyTorch
+
+
+@pytest.mark.parametrize("shape", FAST_SHAPES)
+def test_generate_through_c_decode_step_equals_no_cache(shape, monkeypatch):
+    from model.fastdecode import FastDecoder
+
+    model = peaky_gpt(**shape)
+    prompt = [[3, 1, 4]]
+    expected = greedy(model, prompt, 2 * shape["block_size"] + 3, use_cache=False)  # past block_size too
+    prepare_for_sampling(model)
+    steps = []
+    real_step = FastDecoder.step
+    monkeypatch.setattr(FastDecoder, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
+    assert greedy(model, prompt, len(expected[0])) == expected
+    assert len(steps) >= shape["block_size"] - 3  # up to the first slide, every token came from C
+    steps.clear()
+    two_rows = [[3, 1, 4], [1, 5]]
+    assert greedy(model, two_rows, 5) == [greedy(model, [p], 5, use_cache=False)[0] for p in two_rows]
+    assert steps == []  # a batch (and decoding without a cache) stays on the PyTorch path
+
+
+def test_c_decode_step_is_dropped_when_the_model_changes():
+    model = prepare_for_sampling(peaky_gpt())
+    assert model.fast_decoder.matches(model)
+    model.to(torch.float64)  # new tensors: the C side's addresses are stale
+    assert not model.fast_decoder.matches(model)
+    expected = greedy(peaky_gpt().to(torch.float64), [[3, 1, 4]], 8, use_cache=False)
+    assert greedy(model, [[3, 1, 4]], 8) == expected
+
+
+def test_c_decode_step_declines_float16():
+    from model.fastdecode import FastDecoder
+
+    assert FastDecoder.supports(peaky_gpt().half()) == "torch.float16 weights"
+    assert FastDecoder.supports(peaky_gpt()) is None

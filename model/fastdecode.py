@@ -1,0 +1,159 @@
+"""The decoding step of one sequence in C: every layer of a GPT for one new token, in one call.
+
+After the row-dot kernels (model/rowdot.py), what is left of a batch-1 decoding step in PyTorch is
+about twenty small ops per layer (norms, attention over the cache, GELU, residual adds), each a few
+microseconds of dispatch for almost no arithmetic. `decode_step` in model/kernels/rowdot.c runs the
+same network for one token as plain loops around the row-dot products, reading and extending the KV
+caches that the PyTorch prefill of the prompt filled. generate() uses it for batch-1 decoding when
+prepare_for_sampling has attached one (`model.fast_decoder`); prompts, batches, padding and the
+sliding window past block_size stay on the PyTorch path.
+
+Every architecture option of GPTConfig is covered (LayerNorm or RMSNorm, GELU or ReLU², learned or
+rotary positions, QK-norm, biases or none, tied or untied head) for float32 and bfloat16 models.
+The step computes in float32 from weights of either dtype, so a bfloat16 model's logits differ from
+its PyTorch path's (which rounds every intermediate to bfloat16) in the last bits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from model.attention import KVCache
+from model.gpt import GPT
+from model.layers import gelu_tanh, relu_squared
+
+P = ctypes.c_void_p
+
+
+class DecodeLayer(ctypes.Structure):
+    _fields_ = [(name, P) for name in (
+        "ln1_w", "ln1_b", "attn_w", "attn_b", "q_norm_w", "k_norm_w", "proj_w", "proj_b",
+        "ln2_w", "ln2_b", "fc_w", "fc_b", "fc2_w", "fc2_b", "k_cache", "v_cache",
+    )]
+
+
+class DecodeModel(ctypes.Structure):
+    _fields_ = (
+        [(name, ctypes.c_int64) for name in ("n_layer", "n_head", "n_embd", "hidden", "vocab", "max_len",
+                                             "bf16", "rmsnorm", "relu2", "rope", "qk_norm")]
+        + [("norm_eps", ctypes.c_double), ("qk_norm_eps", ctypes.c_double)]
+        + [(name, P) for name in ("wte", "wpe", "rope_freq", "lnf_w", "lnf_b", "head_w")]
+        + [("layers", ctypes.POINTER(DecodeLayer)), ("scratch", P)]
+    )
+
+
+def norm_eps(norm: nn.Module, dtype: torch.dtype) -> float:
+    eps = norm.eps
+    return torch.finfo(dtype).eps if eps is None else eps  # nn.RMSNorm's default, as F.rms_norm applies it
+
+
+class FastDecoder:
+    """decode_step bound to one prepared GPT: its weights' addresses, float32 copies of its small
+    vectors, and scratch memory. Build it with `FastDecoder.attach(model, lib)`."""
+
+    def __init__(self, model: GPT, lib: ctypes.CDLL):
+        config, dtype = model.config, model.lm_head.weight.dtype
+        self.model, self.lib = model, lib
+        self.keep: list[Tensor] = []  # everything whose address the C side holds
+        blocks = model.transformer.h
+        self.layers = (DecodeLayer * len(blocks))()
+        for block, layer in zip(blocks, self.layers):
+            attn, mlp = block.attn, block.mlp
+            layer.ln1_w, layer.ln1_b = self.small(block.ln_1.weight), self.small(getattr(block.ln_1, "bias", None))
+            layer.attn_w, layer.attn_b = self.matrix(attn.c_attn.weight), self.small(attn.c_attn.bias)
+            if attn.q_norm is not None:
+                layer.q_norm_w, layer.k_norm_w = self.small(attn.q_norm.weight), self.small(attn.k_norm.weight)
+            layer.proj_w, layer.proj_b = self.matrix(attn.c_proj.weight), self.small(attn.c_proj.bias)
+            layer.ln2_w, layer.ln2_b = self.small(block.ln_2.weight), self.small(getattr(block.ln_2, "bias", None))
+            layer.fc_w, layer.fc_b = self.matrix(mlp.c_fc.weight), self.small(mlp.c_fc.bias)
+            layer.fc2_w, layer.fc2_b = self.matrix(mlp.c_proj.weight), self.small(mlp.c_proj.bias)
+        hidden = config.mlp_ratio * config.n_embd
+        scratch = torch.empty(6 * config.n_embd + hidden + config.n_head * config.block_size)
+        first_attn = blocks[0].attn
+        m = self.description = DecodeModel(
+            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, hidden=hidden,
+            vocab=config.vocab_size, max_len=config.block_size, bf16=int(dtype == torch.bfloat16),
+            rmsnorm=int(config.norm == "rmsnorm"), relu2=int(config.activation == "relu2"),
+            rope=int(config.pos_embedding == "rope"), qk_norm=int(config.qk_norm),
+            norm_eps=norm_eps(model.transformer.ln_f, dtype),
+            qk_norm_eps=norm_eps(first_attn.q_norm, dtype) if config.qk_norm else 0.0,
+        )
+        m.wte = self.matrix(model.transformer.wte.weight)
+        m.wpe = self.matrix(model.transformer.wpe.weight) if "wpe" in model.transformer else None
+        m.rope_freq = self.small(getattr(first_attn, "rope_frequencies", None))
+        ln_f = model.transformer.ln_f
+        m.lnf_w, m.lnf_b = self.small(ln_f.weight), self.small(getattr(ln_f, "bias", None))
+        m.head_w = self.matrix(model.lm_head.weight)
+        m.layers = self.layers
+        m.scratch = self.address(scratch)
+        self.logits = torch.empty(config.vocab_size)
+        self.bound: list[KVCache] | None = None
+        self.parameter_addresses = [p.data_ptr() for p in model.parameters()]
+
+    @staticmethod
+    def supports(model: GPT) -> str | None:
+        """Why decode_step can't run this model, or None when it can."""
+        dtype = model.lm_head.weight.dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"{dtype} weights"
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            return "weights not on the CPU"
+        for block in model.transformer.h:
+            if block.mlp.activation not in (gelu_tanh, relu_squared):
+                return "an activation other than GELU (tanh) or ReLU²"
+            if not all(hasattr(m, "normalized_shape") for m in (block.ln_1, block.ln_2)):
+                return "a norm other than LayerNorm or RMSNorm"
+        return None
+
+    @classmethod
+    def attach(cls, model: GPT, lib: ctypes.CDLL) -> "FastDecoder | None":
+        """Attach a decoder to model (as model.fast_decoder) when decode_step supports it."""
+        if cls.supports(model) is not None:
+            return None
+        lib.decode_step.argtypes = [ctypes.POINTER(DecodeModel), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, P]
+        lib.decode_step.restype = None
+        model.fast_decoder = cls(model, lib)
+        return model.fast_decoder
+
+    def address(self, t: Tensor) -> int:
+        self.keep.append(t)
+        return t.data_ptr()
+
+    def matrix(self, weight: Tensor) -> int:
+        if not weight.is_contiguous():
+            raise ValueError("decode_step reads row-major weights")
+        return self.address(weight.data)
+
+    def small(self, t: Tensor | None) -> int | None:
+        return None if t is None else self.address(t.detach().float().contiguous())
+
+    def matches(self, model: GPT) -> bool:
+        """Whether model still holds the tensors this decoder was built on (not moved or recast)."""
+        return model is self.model and [p.data_ptr() for p in model.parameters()] == self.parameter_addresses
+
+    def usable(self, caches: list[KVCache]) -> bool:
+        """Whether the caches can take one more token through decode_step (batch 1, contiguous
+        buffers of the model's dtype, room left)."""
+        k = caches[0].k
+        if k is None or k.shape[0] != 1 or caches[0].length >= caches[0].max_len:
+            return False
+        if caches is not self.bound:
+            dtype = self.model.lm_head.weight.dtype
+            if any(c.k.dtype != dtype or not c.k.is_contiguous() or not c.v.is_contiguous() for c in caches):
+                return False
+            for layer, cache in zip(self.layers, caches):
+                layer.k_cache, layer.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
+            self.bound = caches
+        return True
+
+    def step(self, token: int, caches: list[KVCache]) -> Tensor:
+        """Logits (1, vocab), float32, for one token following the caches' contents, which it extends."""
+        past = caches[0].length
+        self.lib.decode_step(ctypes.byref(self.description), token, past, past, self.logits.data_ptr())
+        for cache in caches:
+            cache.length = past + 1
+        return self.logits.view(1, -1)
