@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.dropout import Dropout, dropout
 from model.layers import RMSNorm, apply_rotary, rotary_frequencies
 
 
@@ -77,7 +78,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
         self.q_norm = RMSNorm(self.head_size) if qk_norm else None
         self.k_norm = RMSNorm(self.head_size) if qk_norm else None
@@ -162,7 +163,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         att = F.softmax(scores.float(), dim=-1).to(q.dtype)
-        y = F.dropout(att, dropout_p, self.training) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        y = dropout(att, dropout_p, self.training) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
         return y, (att if need_weights else None)
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from model.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
+from model.dropout import Dropout
 from model.layers import ACTIVATIONS, make_norm
 
 IGNORE_INDEX = -1
@@ -32,7 +33,7 @@ class MLP(nn.Module):
         hidden = config.mlp_ratio * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,7 +78,7 @@ class GPT(nn.Module):
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.transformer.update(
             dict(
-                drop=nn.Dropout(config.dropout),
+                drop=Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=make_norm(config.norm, config.n_embd, config.bias),
             )

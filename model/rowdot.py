@@ -9,9 +9,11 @@ vectorised dot product with x: the access pattern that keeps every core's memory
 bf16 weights are widened to float32 in registers, so they halve the bytes read and still
 accumulate in float32.
 
-The C file is compiled with the system's C compiler on first use (about a second) and cached
-under ~/.cache/tinygpt (or $TINYGPT_CACHE). Without a C compiler, `kernels()` returns None and
-decoding keeps PyTorch's products; nothing else changes.
+The C files in model/kernels (these kernels, the decoding step of model/fastdecode.py and the
+dropout of model/dropout.py) are compiled into one library with the system's C compiler on first
+use (about a second) and cached under ~/.cache/tinygpt (or $TINYGPT_CACHE). Without a C compiler,
+`kernels()` returns None, decoding keeps PyTorch's products and dropout PyTorch's own; nothing else
+changes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-SOURCE = Path(__file__).parent / "kernels" / "rowdot.c"
+SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.c"))  # rowdot.c, and dropout.c for model/dropout.py
 # first the fastest build; each later one drops a flag some compilers lack (-march=native on some
 # ARM clangs, OpenMP on Apple's clang: then the kernel runs on one core, still vectorised)
 FLAG_SETS = (
@@ -59,8 +61,8 @@ def cpu_identity() -> str:
 
 
 def _build(compiler: str) -> Path | None:
-    """Compile SOURCE into a shared library in the cache (once per source, compiler and CPU)."""
-    source = SOURCE.read_bytes()
+    """Compile SOURCES into a shared library in the cache (once per source, compiler and CPU)."""
+    source = b"".join(path.read_bytes() for path in SOURCES)
     for flags in FLAG_SETS:
         identity = " ".join([compiler, *flags, platform.machine(), cpu_identity()])
         key = hashlib.sha256(source + identity.encode()).hexdigest()[:16]
@@ -71,7 +73,7 @@ def _build(compiler: str) -> Path | None:
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:  # build aside, then move in whole
             out = Path(tmp) / lib.name
             try:
-                result = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(out)],
+                result = subprocess.run([compiler, *flags, "-shared", "-fPIC", *map(str, SOURCES), "-o", str(out)],
                                         capture_output=True)
             except OSError:  # no such compiler
                 return None
@@ -97,6 +99,9 @@ def kernels() -> ctypes.CDLL | None:
         return None
     for fn in (lib.rowdot_f32, lib.rowdot_bf16):
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+        fn.restype = None
+    for fn in (lib.dropout_f32, lib.dropout_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
         fn.restype = None
     return lib
 

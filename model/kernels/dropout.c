@@ -1,0 +1,46 @@
+/* Dropout on the CPU from a counter-based hash: y[i] = keep(seed, i) ? x[i] * scale : 0.
+ *
+ * PyTorch draws a CPU dropout mask with its one-threaded Bernoulli generator (about 190 ms per 25M
+ * elements on the machine of BENCHMARKS.md), which made it a quarter of a baby-GPT training step. Here
+ * whether element i is kept is a pure function of (seed, i): every thread computes its own share,
+ * the loop vectorises, and the backward pass recomputes the same mask from the seed instead of
+ * storing it. The hash is two rounds of MurmurHash3's 32-bit finaliser over the index and the seed;
+ * element i is kept when it is at least `threshold` (= p * 2^32).
+ *
+ * Built with the row-dot kernels by model/rowdot.py; used by model/dropout.py.
+ */
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t fmix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static inline uint32_t dropout_hash(uint64_t seed, int64_t i) {
+    uint32_t h = fmix32((uint32_t)i ^ (uint32_t)seed);
+    return fmix32(h ^ (uint32_t)((uint64_t)i >> 32) ^ (uint32_t)(seed >> 32));
+}
+
+void dropout_f32(const float *x, float *y, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = dropout_hash(seed, i) >= threshold ? x[i] * scale : 0.0f;
+}
+
+void dropout_bf16(const uint16_t *x, uint16_t *y, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits = (uint32_t)x[i] << 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        f = dropout_hash(seed, i) >= threshold ? f * scale : 0.0f;
+        memcpy(&bits, &f, sizeof bits);
+        /* round to nearest even; a NaN input stays NaN (its mantissa is kept nonzero) */
+        uint32_t rounded = (bits & 0x7fffffffu) > 0x7f800000u ? bits | 0x400000u : bits + 0x7fffu + ((bits >> 16) & 1u);
+        y[i] = (uint16_t)(rounded >> 16);
+    }
+}

@@ -1,0 +1,61 @@
+"""Dropout from the C hash kernel: the right fraction, the right scale, the same mask forward and
+backward, repeatable under torch.manual_seed, and PyTorch's dropout wherever the kernel doesn't apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.dropout import Dropout, dropout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_drops_the_right_fraction_and_scales_the_rest(dtype, p):
+    x = torch.rand(1000, 1000, dtype=torch.float32).add_(0.5).to(dtype)
+    y = dropout(x, p)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005  # 1M draws: the std is 0.0005
+    expected = (x.float() * (1 / (1 - p))).to(dtype)  # each kept element scaled in float32, rounded once
+    assert torch.equal(y[kept], expected[kept])
+
+
+def test_neighbours_are_dropped_independently():
+    kept = (dropout(torch.ones(2_000_000), 0.5) != 0).float()
+    for shift in (1, 2, 64, 1024):
+        corr = torch.corrcoef(torch.stack([kept[:-shift], kept[shift:]]))[0, 1].item()
+        assert abs(corr) < 0.005, shift
+
+
+def test_backward_uses_the_forward_mask():
+    x = torch.randn(300, 77, requires_grad=True)
+    y = dropout(x, 0.3)
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, (y != 0).float() * 2.0 / 0.7)
+
+
+def test_manual_seed_repeats_the_mask_and_calls_differ():
+    x = torch.ones(10_000)
+    torch.manual_seed(3)
+    a, b = dropout(x, 0.2), dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.2), a)
+    assert not torch.equal(a, b)
+
+
+def test_eval_and_edge_probabilities():
+    x = torch.randn(50, 50)
+    module = Dropout(0.4).eval()
+    assert module(x) is x and dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_without_the_kernels_it_is_pytorchs_dropout(monkeypatch):
+    from model import rowdot
+
+    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    x = torch.ones(10_000)
+    torch.manual_seed(0)
+    expected = torch.nn.functional.dropout(x, 0.25)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.25), expected)
