@@ -108,8 +108,8 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", type=parse_bool, default=True,
-                        help="on a CPU, decode with the C row-dot kernels (model/rowdot.py; built once with the "
-                        "system C compiler, about a second); False keeps PyTorch's products")
+                        help="on a CPU, decode one sample's tokens in C (model/fastdecode.py, model/rowdot.py; built "
+                        "once with the system C compiler, about a second); False keeps PyTorch's ops")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
