@@ -119,6 +119,14 @@ class FastDecoder:
         model.fast_decoder = cls(model, lib)
         return model.fast_decoder
 
+    def __reduce__(self):
+        # a copied or pickled model has weights at other addresses: its copy of this is None, and
+        # prepare_for_sampling builds a new one
+        return type(None), ()
+
+    def __deepcopy__(self, memo) -> None:
+        return None
+
     def address(self, t: Tensor) -> int:
         self.keep.append(t)
         return t.data_ptr()

@@ -120,19 +120,18 @@ class RowDotLinear(nn.Module):
     """nn.Linear (same parameters, same names) whose one-row inputs go through the C row-dot kernel;
     anything larger (a prompt, a batch) goes through F.linear as before."""
 
-    def __init__(self, linear: nn.Linear, lib: ctypes.CDLL):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameter, so tied weights stay tied
         self.bias = linear.bias
-        self.lib = lib
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
                 or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
             return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
-        y = rowdot(self.weight, x.reshape(-1), self.bias, self.lib)  # (out,)
+        y = rowdot(self.weight, x.reshape(-1), self.bias, kernels())  # (out,)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
@@ -185,7 +184,7 @@ def use_rowdot(model: nn.Module) -> bool:
             if (isinstance(child, nn.Linear) and weight.device.type == "cpu"
                     and weight.dtype in (torch.float32, torch.bfloat16)):
                 weights[id(weight)] = weight  # a tied head and embedding is one tensor
-                setattr(parent, name, RowDotLinear(child, lib))
+                setattr(parent, name, RowDotLinear(child))
     for weight in weights.values():
         weight.data = weight.data.contiguous()  # row-major (out, in), as the kernel reads it
     move_to_huge_pages(list(weights.values()))

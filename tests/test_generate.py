@@ -313,3 +313,20 @@ def test_c_decode_step_declines_float16():
 
     assert FastDecoder.supports(peaky_gpt().half()) == "torch.float16 weights"
     assert FastDecoder.supports(peaky_gpt()) is None
+
+
+def test_a_prepared_model_copies_and_pickles():
+    import copy
+    import io
+
+    model = prepare_for_sampling(peaky_gpt())
+    expected = greedy(model, [[3, 1, 4]], 12)
+    duplicate = copy.deepcopy(model)
+    assert duplicate.fast_decoder is None  # its weights live elsewhere: no stale addresses
+    assert greedy(duplicate, [[3, 1, 4]], 12) == expected
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # our own object, in memory
+    assert loaded.fast_decoder is None and greedy(loaded, [[3, 1, 4]], 12) == expected
+    assert greedy(prepare_for_sampling(duplicate), [[3, 1, 4]], 12) == expected
