@@ -178,11 +178,12 @@ def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
     On a CPU in bfloat16, the fused (flash) kernel's backward is slow for short sequences: forward
     plus backward at 64 tokens took 3.7x as long as the explicit path, at 128 tokens 3.2x, at 256
     about the same (BENCHMARKS.md). With dropout the fused kernels don't run on a CPU at all, and
-    PyTorch's fallback took 1.15x as long as the explicit path in bfloat16 at 256 tokens. Longer
-    sequences keep the fused kernel, which also never stores the (T, S) score matrix; float32,
-    inference and GPUs keep it always."""
-    short_or_dropout = S <= EXPLICIT_MAX_KEYS or dropout_p > 0
-    return q.requires_grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and short_or_dropout
+    PyTorch's fallback took 1.15x as long as the explicit path in bfloat16 at 256 tokens, and in
+    float32 1.08-1.24x on the baby GPT (the explicit path's dropout is model/dropout.py's parallel
+    one). Longer sequences without dropout keep the fused kernel, which also never stores the (T, S)
+    score matrix; float32 without dropout, inference and GPUs keep it always."""
+    short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
+    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:
