@@ -17,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model import rowdot
+
 
 def _apply(x: Tensor, seed: int, p: float) -> Tensor:
-    from model.rowdot import kernels
-
-    lib = kernels()
+    lib = rowdot.kernels()
     fn = lib.dropout_bf16 if x.dtype == torch.bfloat16 else lib.dropout_f32
     x = x.contiguous()
     y = torch.empty_like(x)
@@ -43,10 +43,8 @@ class _HashDropout(torch.autograd.Function):
 
 
 def fast_dropout_applies(x: Tensor) -> bool:
-    from model.rowdot import kernels
-
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_compiling()
-            and kernels() is not None)
+            and rowdot.kernels() is not None)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

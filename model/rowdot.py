@@ -34,7 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.c"))  # rowdot.c, and dropout.c for model/dropout.py
+KERNELS = Path(__file__).parent / "kernels"
+SOURCES = sorted(KERNELS.glob("*.c"))  # rowdot.c, and dropout.c for model/dropout.py
+HEADERS = sorted(KERNELS.glob("*.h"))  # part of the cache key: an edited header means a rebuild
 # first the fastest build; each later one drops a flag some compilers lack (-march=native on some
 # ARM clangs, OpenMP on Apple's clang: then the kernel runs on one core, still vectorised)
 FLAG_SETS = (
@@ -62,7 +64,7 @@ def cpu_identity() -> str:
 
 def _build(compiler: str) -> Path | None:
     """Compile SOURCES into a shared library in the cache (once per source, compiler and CPU)."""
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     for flags in FLAG_SETS:
         identity = " ".join([compiler, *flags, platform.machine(), cpu_identity()])
         key = hashlib.sha256(source + identity.encode()).hexdigest()[:16]
@@ -95,7 +97,7 @@ def kernels() -> ctypes.CDLL | None:
             return None
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:
-        print(f"warning: row-dot kernels unavailable ({e}); decoding uses PyTorch's products", file=sys.stderr)
+        print(f"warning: row-dot kernels unavailable ({e}); decoding and dropout use PyTorch's own", file=sys.stderr)
         return None
     for fn in (lib.rowdot_f32, lib.rowdot_bf16):
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
@@ -131,7 +133,7 @@ class RowDotLinear(nn.Module):
         if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
                 or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
             return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
-        y = rowdot(self.weight, x.reshape(-1), self.bias, kernels())  # (out,)
+        y = rowdot(w, x.reshape(-1), self.bias, kernels())  # (out,)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 

@@ -9,8 +9,7 @@
  *
  * Built with the row-dot kernels by model/rowdot.py; used by model/dropout.py.
  */
-#include <stdint.h>
-#include <string.h>
+#include "bf16.h"
 
 static inline uint32_t fmix32(uint32_t h) {
     h ^= h >> 16;
@@ -33,14 +32,6 @@ void dropout_f32(const float *x, float *y, int64_t n, uint64_t seed, uint32_t th
 
 void dropout_bf16(const uint16_t *x, uint16_t *y, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
     #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)x[i] << 16;
-        float f;
-        memcpy(&f, &bits, sizeof f);
-        f = dropout_hash(seed, i) >= threshold ? f * scale : 0.0f;
-        memcpy(&bits, &f, sizeof bits);
-        /* round to nearest even; a NaN input stays NaN (its mantissa is kept nonzero) */
-        uint32_t rounded = (bits & 0x7fffffffu) > 0x7f800000u ? bits | 0x400000u : bits + 0x7fffu + ((bits >> 16) & 1u);
-        y[i] = (uint16_t)(rounded >> 16);
-    }
+    for (int64_t i = 0; i < n; i++)
+        y[i] = f32_to_bf16(dropout_hash(seed, i) >= threshold ? bf16_to_f32(x[i]) * scale : 0.0f);
 }

@@ -11,15 +11,7 @@
  * Built by model/rowdot.py with the system C compiler on first use; plain C, no intrinsics.
  * decode_step, at the end, runs a whole GPT decoding step for one token around these products.
  */
-#include <stdint.h>
-#include <string.h>
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
+#include "bf16.h"
 
 void rowdot_f32(const float *W, const float *x, const float *b, float *y, int64_t out, int64_t in) {
     #pragma omp parallel for schedule(static)
@@ -85,14 +77,6 @@ typedef struct {
     DecodeLayer *layers;
     float *scratch;                    /* 6C + H + n_head * max_len floats */
 } DecodeModel;
-
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as PyTorch does */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);  /* NaN stays NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
 
 static inline float load(const void *p, int64_t i, int64_t bf16) {
     return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
