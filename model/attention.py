@@ -21,6 +21,7 @@ from torch import Tensor
 
 from model.dropout import Dropout, dropout
 from model.layers import RMSNorm, apply_rotary, rotary_frequencies
+from model.softmax import attention_weights
 
 
 class KVCache:
@@ -159,7 +160,14 @@ class MultiHeadAttention(nn.Module):
                 is_causal=fast_causal,
             )
             return y, None
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, S)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
+        if not need_weights and key_padding_mask is None:
+            # on a CPU: scale, mask, softmax and dropout in one pass of model/kernels/softmax.c
+            weights = attention_weights(scores, scale, causal, dropout_p)
+            if weights is not None:
+                return weights @ v, None  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        scores = scores * scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         # in bf16/fp16 PyTorch's softmax accumulates in float32 and rounds once, as upcasting first would,

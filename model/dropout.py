@@ -20,20 +20,29 @@ from torch import Tensor
 from model import rowdot
 
 
+def dropout_seed() -> int:
+    """A seed for the hash, drawn from PyTorch's generator, so torch.manual_seed repeats the masks."""
+    return int(torch.randint(0, 2**63 - 1, (1,)))
+
+
+def dropout_threshold(p: float) -> int:
+    """The hash value below which an element is dropped: p * 2^32."""
+    return min(round(p * 2**32), 2**32 - 1)
+
+
 def _apply(x: Tensor, seed: int, p: float) -> Tensor:
     lib = rowdot.kernels()
     fn = lib.dropout_bf16 if x.dtype == torch.bfloat16 else lib.dropout_f32
     x = x.contiguous()
     y = torch.empty_like(x)
-    threshold = min(round(p * 2**32), 2**32 - 1)
-    fn(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, 1.0 / (1.0 - p))
+    fn(x.data_ptr(), y.data_ptr(), x.numel(), seed, dropout_threshold(p), 1.0 / (1.0 - p))
     return y
 
 
 class _HashDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        ctx.seed = int(torch.randint(0, 2**63 - 1, (1,)))  # from PyTorch's generator: manual_seed repeats it
+        ctx.seed = dropout_seed()
         ctx.p = p
         return _apply(x, ctx.seed, p)
 

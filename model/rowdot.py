@@ -105,6 +105,16 @@ def kernels() -> ctypes.CDLL | None:
     for fn in (lib.dropout_f32, lib.dropout_bf16):
         fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
         fn.restype = None
+    for fn in (lib.gelu_tanh_f32, lib.gelu_tanh_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+        fn.restype = None
+    softmax_args = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    for fn in (lib.softmax_forward_f32, lib.softmax_forward_bf16):
+        fn.argtypes = softmax_args
+        fn.restype = None
+    for fn in (lib.softmax_backward_f32, lib.softmax_backward_bf16):
+        fn.argtypes = softmax_args + [ctypes.c_int]
+        fn.restype = None
     return lib
 
 

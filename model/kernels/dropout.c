@@ -10,20 +10,7 @@
  * Built with the row-dot kernels by model/rowdot.py; used by model/dropout.py.
  */
 #include "bf16.h"
-
-static inline uint32_t fmix32(uint32_t h) {
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
-}
-
-static inline uint32_t dropout_hash(uint64_t seed, int64_t i) {
-    uint32_t h = fmix32((uint32_t)i ^ (uint32_t)seed);
-    return fmix32(h ^ (uint32_t)((uint64_t)i >> 32) ^ (uint32_t)(seed >> 32));
-}
+#include "dropout_hash.h"
 
 void dropout_f32(const float *x, float *y, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
     #pragma omp parallel for simd schedule(static)

@@ -1,0 +1,125 @@
+"""The C training kernels against PyTorch: GELU (model/kernels/activation.c) and the fused scale, causal
+mask, softmax and dropout of attention (model/kernels/softmax.c), forward and backward, float32 and
+bfloat16, and PyTorch's own ops wherever the kernels don't apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import rowdot
+from model.attention import MultiHeadAttention
+from model.layers import gelu_tanh
+from model.softmax import attention_weights
+
+needs_kernels = pytest.mark.skipif(rowdot.kernels() is None, reason="no C compiler")
+TOLERANCE = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_matches_pytorch_forward_and_backward(dtype):
+    x = torch.cat([torch.randn(100_000) * 3, torch.tensor([0.0, 1e-4, -1e-4, -12.0, 12.0, -100.0, 100.0, 3e38])])
+    x = x.to(dtype).requires_grad_()
+    reference = x.detach().double().requires_grad_()
+    y = gelu_tanh(x)
+    expected = F.gelu(reference, approximate="tanh")
+    grad = torch.randn_like(expected)
+    y.backward(grad.to(dtype))
+    expected.backward(grad)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.double(), expected, **TOLERANCE[dtype])
+    torch.testing.assert_close(x.grad.double(), reference.grad, **TOLERANCE[dtype])
+    with torch.no_grad():  # inference: forward only, the same values
+        assert torch.equal(gelu_tanh(x), y)
+
+
+def test_gelu_falls_back_to_pytorch(monkeypatch):
+    x = torch.randn(1000, dtype=torch.float64)  # no float64 kernel
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    x = torch.randn(1000)
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+
+
+def reference_weights(scores, scale, causal):
+    T, S = scores.shape[-2:]
+    visible = torch.ones(T, S, dtype=torch.bool).tril(S - T) if causal else torch.ones(T, S, dtype=torch.bool)
+    return F.softmax((scores * scale).masked_fill(~visible, float("-inf")), dim=-1), visible
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,S,causal", [(70, 70, True), (5, 41, True), (1, 9, True), (33, 33, False), (3, 40, False)])
+def test_attention_weights_match_masked_softmax(dtype, T, S, causal):
+    scores = (torch.randn(2, 3, T, S) * 5).to(dtype).requires_grad_()
+    reference = scores.detach().double().requires_grad_()
+    att = attention_weights(scores, 0.3, causal, 0.0)
+    expected, visible = reference_weights(reference, 0.3, causal)
+    grad = torch.randn_like(expected)
+    att.backward(grad.to(dtype))
+    expected.backward(grad)
+    torch.testing.assert_close(att.double(), expected, **TOLERANCE[dtype])
+    torch.testing.assert_close(scores.grad.double(), reference.grad, **TOLERANCE[dtype])
+    assert (att[..., ~visible] == 0).all() and (scores.grad[..., ~visible] == 0).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_dropout_drops_weights_and_their_gradient(dtype):
+    p = 0.3
+    scores = torch.randn(4, 2, 64, 64).to(dtype).requires_grad_()
+    reference = scores.detach().double().requires_grad_()
+    dropped = attention_weights(scores, 0.125, True, p)
+    att, visible = reference_weights(reference, 0.125, True)
+    kept = dropped != 0  # softmax weights of visible keys are > 0, so zeros are the dropped ones
+    assert abs(kept[..., visible].float().mean().item() - (1 - p)) < 0.02
+    assert not kept[..., ~visible].any()
+    torch.testing.assert_close(dropped.double(), att * kept / (1 - p), **TOLERANCE[dtype])
+    grad = torch.randn_like(att)
+    dropped.backward(grad.to(dtype))
+    (att * kept / (1 - p)).backward(grad)  # the same mask, so the same gradient
+    torch.testing.assert_close(scores.grad.double(), reference.grad, **TOLERANCE[dtype])
+
+
+@needs_kernels
+def test_attention_dropout_repeats_under_manual_seed():
+    scores = torch.randn(2, 2, 32, 32)
+    torch.manual_seed(5)
+    a, b = attention_weights(scores, 1.0, True, 0.5), attention_weights(scores, 1.0, True, 0.5)
+    torch.manual_seed(5)
+    assert torch.equal(attention_weights(scores, 1.0, True, 0.5), a) and not torch.equal(a, b)
+
+
+def test_attention_weights_decline_what_they_dont_cover(monkeypatch):
+    scores = torch.randn(1, 1, 8, 8)
+    assert attention_weights(scores.double(), 1.0, True, 0.0) is None
+    assert attention_weights(torch.randn(1, 1, 8, 4), 1.0, True, 0.0) is None  # fewer keys than queries
+    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    assert attention_weights(scores, 1.0, True, 0.0) is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_attention_agrees_with_and_without_the_kernel(monkeypatch, dtype):
+    """The explicit training path through the C kernel equals the same path in PyTorch ops."""
+    from model import attention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4).to(dtype)
+    x = torch.randn(3, 20, 32, dtype=dtype, requires_grad=True)
+    monkeypatch.setattr(attention, "explicit_is_faster", lambda *args: True)
+
+    def output_and_grads():
+        x.grad = None
+        mha.zero_grad()
+        y = mha(x)
+        y.float().square().sum().backward()
+        return [y.float(), x.grad.float(), mha.c_attn.weight.grad.float()]
+
+    with_kernel = output_and_grads()
+    monkeypatch.setattr(attention, "attention_weights", lambda *args: None)
+    without = output_and_grads()
+    for a, b in zip(with_kernel, without):
+        torch.testing.assert_close(a, b, **({} if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)))
