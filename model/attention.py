@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.dropout import Dropout, dropout
-from model.layers import RMSNorm, apply_rotary, rotary_frequencies
+from model.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
 from model.softmax import attention_weights
 
 
@@ -77,8 +77,8 @@ class MultiHeadAttention(nn.Module):
         self.n_embd = n_embd
         self.head_size = n_embd // n_head
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = Dropout(dropout)
         # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
         self.q_norm = RMSNorm(self.head_size) if qk_norm else None

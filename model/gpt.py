@@ -19,7 +19,7 @@ from torch import Tensor
 from model.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
 from model.dropout import Dropout
-from model.layers import ACTIVATIONS, make_norm
+from model.layers import ACTIVATIONS, Linear, make_norm
 
 IGNORE_INDEX = -1
 """Targets equal to this (e.g. padding) don't count towards the loss."""
@@ -31,8 +31,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.mlp_ratio * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
         self.activation = ACTIVATIONS[config.activation]
 

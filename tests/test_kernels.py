@@ -123,3 +123,27 @@ def test_training_attention_agrees_with_and_without_the_kernel(monkeypatch, dtyp
     without = output_and_grads()
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a, b, **({} if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
+    from model.layers import Linear, _fused_bias_linear_available
+
+    torch.manual_seed(0)
+    ours, reference = Linear(24, 40), torch.nn.Linear(24, 40)
+    reference.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    results = []
+    for module in (ours, reference):
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = module(x)
+        y.float().square().sum().backward()
+        results.append([y, x.grad, module.weight.grad, module.bias.grad])
+    assert results[0][0].dtype == results[1][0].dtype == (torch.bfloat16 if autocast else torch.float32)
+    tolerance = dict(atol=5e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.float(), b.float(), **tolerance)
+    if _fused_bias_linear_available():  # the fused path ran: its own autograd node
+        assert type(ours(x).grad_fn).__name__ == "_FusedBiasLinearBackward"
