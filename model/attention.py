@@ -21,7 +21,7 @@ from torch import Tensor
 
 from model.dropout import Dropout, dropout
 from model.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
-from model.softmax import attention_weights
+from model.softmax import attention_weights, kernel_applies
 
 
 class KVCache:
@@ -162,11 +162,9 @@ class MultiHeadAttention(nn.Module):
             return y, None
         scale = 1.0 / math.sqrt(q.shape[-1])
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        if not need_weights and key_padding_mask is None:
-            # on a CPU: scale, mask, softmax and dropout in one pass of model/kernels/softmax.c
-            weights = attention_weights(scores, scale, causal, dropout_p)
-            if weights is not None:
-                return weights @ v, None  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        if not need_weights and key_padding_mask is None and kernel_applies(q, T, S, dropout_p):
+            # scale, causal mask, softmax and dropout in one pass of model/kernels/softmax.c
+            return attention_weights(scores, scale, causal, dropout_p) @ v, None  # (B, nh, T, hs)
         scores = scores * scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))

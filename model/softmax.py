@@ -4,8 +4,9 @@ The explicit attention path (model/attention.py) computes softmax(q k^T / sqrt(h
 dropout. In PyTorch each of those is a pass over the (B, nh, T, S) scores, forward and backward, the
 largest tensors of a training step. model/kernels/softmax.c does them in one pass each way, skips the
 keys a causal query can't see, and recomputes the dropout mask from a seed (model/dropout.py's hash)
-instead of storing it. `attention_weights` is that kernel where it applies (a CPU, float32 or
-bfloat16, no mask other than the causal one) and returns None elsewhere, for the caller's PyTorch ops.
+instead of storing it. `attention_weights` is that kernel, for scores where `kernel_applies` (a CPU,
+float32 or bfloat16, at least as many keys as queries); the caller keeps PyTorch's ops elsewhere and
+for masks other than the causal one.
 """
 
 from __future__ import annotations
@@ -50,13 +51,18 @@ class _AttentionWeights(torch.autograd.Function):
         return grad_scores, None, None, None
 
 
-def attention_weights(scores: Tensor, scale: float, causal: bool, dropout_p: float) -> Tensor | None:
-    """dropout(softmax(scale * scores + causal mask), dropout_p) for scores (B, nh, T, S), or None when
-    the C kernel doesn't apply. A causal query i sees keys 0 .. S - T + i, as in model/attention.py."""
+def kernel_applies(q: Tensor, T: int, S: int, dropout_p: float) -> bool:
+    """Whether `attention_weights` can take the scores of queries q (B, nh, T, hs) over S keys."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and S >= T > 0
+            and 0.0 <= dropout_p < 1.0 and not torch.compiler.is_compiling() and rowdot.kernels() is not None)
+
+
+def attention_weights(scores: Tensor, scale: float, causal: bool, dropout_p: float) -> Tensor:
+    """dropout(softmax(scale * scores + causal mask), dropout_p) for scores (B, nh, T, S), where
+    kernel_applies. A causal query i sees keys 0 .. S - T + i, as in model/attention.py."""
+    if scores.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"attention_weights takes float32 or bfloat16 scores, got {scores.dtype}")
     T, S = scores.shape[-2:]
-    if not (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.bfloat16) and S >= T > 0
-            and 0.0 <= dropout_p < 1.0 and not torch.compiler.is_compiling() and rowdot.kernels() is not None):
-        return None
     offset = S - T if causal else S
     scores = scores.contiguous()
     if scores.requires_grad and torch.is_grad_enabled():

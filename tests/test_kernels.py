@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from model import rowdot
 from model.attention import MultiHeadAttention
 from model.layers import gelu_tanh
-from model.softmax import attention_weights
+from model.softmax import attention_weights, kernel_applies
 
 needs_kernels = pytest.mark.skipif(rowdot.kernels() is None, reason="no C compiler")
 TOLERANCE = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
@@ -92,12 +92,14 @@ def test_attention_dropout_repeats_under_manual_seed():
     assert torch.equal(attention_weights(scores, 1.0, True, 0.5), a) and not torch.equal(a, b)
 
 
-def test_attention_weights_decline_what_they_dont_cover(monkeypatch):
-    scores = torch.randn(1, 1, 8, 8)
-    assert attention_weights(scores.double(), 1.0, True, 0.0) is None
-    assert attention_weights(torch.randn(1, 1, 8, 4), 1.0, True, 0.0) is None  # fewer keys than queries
+def test_attention_kernel_declines_what_it_doesnt_cover(monkeypatch):
+    q = torch.randn(1, 1, 8, 4)
+    assert not kernel_applies(q.double(), 8, 8, 0.0)
+    assert not kernel_applies(q, 8, 4, 0.0)  # fewer keys than queries
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        attention_weights(torch.randn(1, 1, 8, 8).half(), 1.0, True, 0.0)
     monkeypatch.setattr(rowdot, "kernels", lambda: None)
-    assert attention_weights(scores, 1.0, True, 0.0) is None
+    assert not kernel_applies(q, 8, 8, 0.0)
 
 
 @needs_kernels
@@ -119,7 +121,7 @@ def test_training_attention_agrees_with_and_without_the_kernel(monkeypatch, dtyp
         return [y.float(), x.grad.float(), mha.c_attn.weight.grad.float()]
 
     with_kernel = output_and_grads()
-    monkeypatch.setattr(attention, "attention_weights", lambda *args: None)
+    monkeypatch.setattr(attention, "kernel_applies", lambda *args: False)
     without = output_and_grads()
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a, b, **({} if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)))
