@@ -52,8 +52,7 @@ class _HashDropout(torch.autograd.Function):
 
 
 def fast_dropout_applies(x: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_compiling()
-            and rowdot.kernels() is not None)
+    return rowdot.kernels_usable(x)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

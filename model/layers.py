@@ -68,7 +68,7 @@ class Linear(nn.Linear):
     autocast the operands are cast as F.linear would cast them."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.bias is None or x.device.type != "cpu" or x.dim() < 2 or torch.compiler.is_compiling()
+        if (self.bias is None or x.dim() < 2 or not rowdot.eager_on_cpu(x)
                 or not _fused_bias_linear_available()):
             return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
@@ -77,11 +77,57 @@ class Linear(nn.Linear):
         return _FusedBiasLinear.apply(x.to(dtype), self.weight.to(dtype), self.bias.to(dtype))
 
 
+class _LayerNormToBf16(torch.autograd.Function):
+    """LayerNorm of a float32 input with a bfloat16 result, by model/kernels/layernorm.c."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
+        lib = rowdot.kernels()
+        x = x.contiguous()
+        C = x.shape[-1]
+        rows = x.numel() // C
+        y = torch.empty(x.shape, dtype=torch.bfloat16)
+        mean, rstd = torch.empty(rows), torch.empty(rows)
+        lib.layernorm_forward_bf16(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+                                   mean.data_ptr(), rstd.data_ptr(), rows, C, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        grad = grad.to(torch.bfloat16).contiguous()
+        C = x.shape[-1]
+        threads = torch.get_num_threads()
+        grad_x = torch.empty_like(x)
+        partial = torch.zeros(threads, 2, C)  # per thread: weight and bias gradient sums
+        rowdot.kernels().layernorm_backward_bf16(x.data_ptr(), weight.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                                 grad.data_ptr(), grad_x.data_ptr(), partial.data_ptr(),
+                                                 x.numel() // C, C, threads)
+        grad_weight, grad_bias = partial.sum(0)
+        return grad_x, grad_weight, grad_bias if ctx.has_bias else None, None
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same state dict). Under bfloat16 autocast on a CPU, PyTorch
+    normalises in float32 and the next matmul casts the result to bfloat16; here model/kernels/
+    layernorm.c writes the bfloat16 result directly (and reads the bfloat16 gradient in backward),
+    with the same float32 arithmetic."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and self.weight is not None and self.weight.dtype == torch.float32 and len(self.normalized_shape) == 1
+                and rowdot.kernels_usable(x)):
+            return _LayerNormToBf16.apply(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
     """'layernorm' (with a bias when `bias`) or 'rmsnorm' (a gain only)."""
     if kind == "rmsnorm":
         return RMSNorm(dim)
-    return nn.LayerNorm(dim, bias=bias)
+    return LayerNorm(dim, bias=bias)
 
 
 def relu_squared(x: Tensor) -> Tensor:
@@ -117,8 +163,7 @@ def _gelu_tanh_kernel(x: Tensor, need_derivative: bool) -> tuple[Tensor, Tensor 
 def gelu_tanh(x: Tensor) -> Tensor:
     """F.gelu(x, approximate="tanh"); on a CPU in float32 or bfloat16 through model/kernels/activation.c,
     which was 3x as fast forward and 2x backward in bfloat16 (BENCHMARKS.md)."""
-    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_compiling()
-            and rowdot.kernels() is not None):
+    if not rowdot.kernels_usable(x):
         return F.gelu(x, approximate="tanh")
     if x.requires_grad and torch.is_grad_enabled():
         return _GeluTanh.apply(x)

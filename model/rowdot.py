@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 KERNELS = Path(__file__).parent / "kernels"
 SOURCES = sorted(KERNELS.glob("*.c"))  # rowdot.c, and dropout.c for model/dropout.py
@@ -108,6 +109,9 @@ def kernels() -> ctypes.CDLL | None:
     for fn in (lib.gelu_tanh_f32, lib.gelu_tanh_bf16):
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
         fn.restype = None
+    lib.layernorm_forward_bf16.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_float]
+    lib.layernorm_backward_bf16.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    lib.layernorm_forward_bf16.restype = lib.layernorm_backward_bf16.restype = None
     softmax_args = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
     for fn in (lib.softmax_forward_f32, lib.softmax_forward_bf16):
         fn.argtypes = softmax_args
@@ -116,6 +120,17 @@ def kernels() -> ctypes.CDLL | None:
         fn.argtypes = softmax_args + [ctypes.c_int]
         fn.restype = None
     return lib
+
+
+def eager_on_cpu(x: Tensor) -> bool:
+    """Whether x is a real CPU tensor in eager mode: not traced by torch.compile, not seen through a
+    dispatch mode (FLOP counting, fake tensors), which the C kernels (raw pointers) would bypass."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+
+
+def kernels_usable(x: Tensor) -> bool:
+    """Whether the C kernels can take x (float32 or bfloat16, eager, on a CPU, and built here)."""
+    return x.dtype in (torch.float32, torch.bfloat16) and eager_on_cpu(x) and kernels() is not None
 
 
 def rowdot(weight: Tensor, x: Tensor, bias: Tensor | None, lib: ctypes.CDLL) -> Tensor:

@@ -53,8 +53,7 @@ class _AttentionWeights(torch.autograd.Function):
 
 def kernel_applies(q: Tensor, T: int, S: int, dropout_p: float) -> bool:
     """Whether `attention_weights` can take the scores of queries q (B, nh, T, hs) over S keys."""
-    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and S >= T > 0
-            and 0.0 <= dropout_p < 1.0 and not torch.compiler.is_compiling() and rowdot.kernels() is not None)
+    return S >= T > 0 and 0.0 <= dropout_p < 1.0 and rowdot.kernels_usable(q)
 
 
 def attention_weights(scores: Tensor, scale: float, causal: bool, dropout_p: float) -> Tensor:

@@ -149,3 +149,32 @@ def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
         torch.testing.assert_close(a.float(), b.float(), **tolerance)
     if _fused_bias_linear_available():  # the fused path ran: its own autograd node
         assert type(ours(x).grad_fn).__name__ == "_FusedBiasLinearBackward"
+
+
+@needs_kernels
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm_to_bf16_matches_pytorch_under_autocast(bias):
+    from model.layers import LayerNorm
+
+    torch.manual_seed(0)
+    ours, reference = LayerNorm(48, bias=bias), torch.nn.LayerNorm(48, bias=bias)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        if bias:
+            ours.bias.uniform_(-1, 1)
+    reference.load_state_dict(ours.state_dict())
+    x = (torch.randn(3, 10, 48) * 3 + 1).requires_grad_()
+    grad = torch.randn(3, 10, 48).bfloat16()
+    results = []
+    for module in (ours, reference):
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(x).to(torch.bfloat16)  # what the next matmul does with PyTorch's float32 result
+        y.backward(grad)
+        results.append([y.float(), x.grad, module.weight.grad] + ([module.bias.grad] if bias else []))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(ours(x).grad_fn).__name__ == "_LayerNormToBf16Backward"
+    assert torch.equal(ours(x), reference(x))  # without autocast: PyTorch's own
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)  # dx: float32 throughout
