@@ -162,7 +162,7 @@ class MultiHeadAttention(nn.Module):
             return y, None
         scale = 1.0 / math.sqrt(q.shape[-1])
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        if not need_weights and key_padding_mask is None and kernel_applies(q, T, S, dropout_p):
+        if not need_weights and key_padding_mask is None and kernel_applies(scores, dropout_p):
             # scale, causal mask, softmax and dropout in one pass of model/kernels/softmax.c
             return attention_weights(scores, scale, causal, dropout_p) @ v, None  # (B, nh, T, hs)
         scores = scores * scale

@@ -9,11 +9,11 @@ vectorised dot product with x: the access pattern that keeps every core's memory
 bf16 weights are widened to float32 in registers, so they halve the bytes read and still
 accumulate in float32.
 
-The C files in model/kernels (these kernels, the decoding step of model/fastdecode.py and the
-dropout of model/dropout.py) are compiled into one library with the system's C compiler on first
-use (about a second) and cached under ~/.cache/tinygpt (or $TINYGPT_CACHE). Without a C compiler,
-`kernels()` returns None, decoding keeps PyTorch's products and dropout PyTorch's own; nothing else
-changes.
+The C files in model/kernels (these kernels and the decoding step of model/fastdecode.py; for
+training on a CPU, the dropout of model/dropout.py, the attention softmax of model/softmax.py, and
+the GELU and LayerNorm of model/layers.py) are compiled into one library with the system's C compiler
+on first use (a few seconds) and cached under ~/.cache/tinygpt (or $TINYGPT_CACHE). Without a C
+compiler, `kernels()` returns None and each of those keeps PyTorch's own ops; nothing else changes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 KERNELS = Path(__file__).parent / "kernels"
-SOURCES = sorted(KERNELS.glob("*.c"))  # rowdot.c, and dropout.c for model/dropout.py
+SOURCES = sorted(KERNELS.glob("*.c"))  # all built into one library
 HEADERS = sorted(KERNELS.glob("*.h"))  # part of the cache key: an edited header means a rebuild
 # first the fastest build; each later one drops a flag some compilers lack (-march=native on some
 # ARM clangs, OpenMP on Apple's clang: then the kernel runs on one core, still vectorised)
@@ -98,7 +98,7 @@ def kernels() -> ctypes.CDLL | None:
             return None
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:
-        print(f"warning: row-dot kernels unavailable ({e}); decoding and dropout use PyTorch's own", file=sys.stderr)
+        print(f"warning: C kernels unavailable ({e}); decoding and training use PyTorch's own ops", file=sys.stderr)
         return None
     for fn in (lib.rowdot_f32, lib.rowdot_bf16):
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2

@@ -51,16 +51,17 @@ class _AttentionWeights(torch.autograd.Function):
         return grad_scores, None, None, None
 
 
-def kernel_applies(q: Tensor, T: int, S: int, dropout_p: float) -> bool:
-    """Whether `attention_weights` can take the scores of queries q (B, nh, T, hs) over S keys."""
-    return S >= T > 0 and 0.0 <= dropout_p < 1.0 and rowdot.kernels_usable(q)
+def kernel_applies(scores: Tensor, dropout_p: float) -> bool:
+    """Whether `attention_weights` can take these scores (B, nh, T, S)."""
+    T, S = scores.shape[-2:]
+    return S >= T > 0 and 0.0 <= dropout_p < 1.0 and rowdot.kernels_usable(scores)
 
 
 def attention_weights(scores: Tensor, scale: float, causal: bool, dropout_p: float) -> Tensor:
     """dropout(softmax(scale * scores + causal mask), dropout_p) for scores (B, nh, T, S), where
     kernel_applies. A causal query i sees keys 0 .. S - T + i, as in model/attention.py."""
-    if scores.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"attention_weights takes float32 or bfloat16 scores, got {scores.dtype}")
+    if not kernel_applies(scores, dropout_p):
+        raise ValueError(f"attention_weights can't take {scores.dtype} scores of shape {tuple(scores.shape)} here")
     T, S = scores.shape[-2:]
     offset = S - T if causal else S
     scores = scores.contiguous()

@@ -93,13 +93,13 @@ def test_attention_dropout_repeats_under_manual_seed():
 
 
 def test_attention_kernel_declines_what_it_doesnt_cover(monkeypatch):
-    q = torch.randn(1, 1, 8, 4)
-    assert not kernel_applies(q.double(), 8, 8, 0.0)
-    assert not kernel_applies(q, 8, 4, 0.0)  # fewer keys than queries
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
-        attention_weights(torch.randn(1, 1, 8, 8).half(), 1.0, True, 0.0)
+    scores = torch.randn(1, 1, 8, 8)
+    assert not kernel_applies(scores.double(), 0.0) and not kernel_applies(scores.half(), 0.0)
+    assert not kernel_applies(torch.randn(1, 1, 8, 4), 0.0)  # fewer keys than queries
+    with pytest.raises(ValueError, match="can't take"):
+        attention_weights(scores.half(), 1.0, True, 0.0)
     monkeypatch.setattr(rowdot, "kernels", lambda: None)
-    assert not kernel_applies(q, 8, 8, 0.0)
+    assert not kernel_applies(scores, 0.0)
 
 
 @needs_kernels
@@ -178,3 +178,16 @@ def test_layernorm_to_bf16_matches_pytorch_under_autocast(bias):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)  # dx: float32 throughout
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_kernel_benchmark_prints_every_row(dtype, capsys):
+    from model.bench import kernels as bench
+
+    assert bench.main(["--batch_size=2", "--block_size=16", "--n_embd=32", "--n_head=2", "--repeats=1",
+                       f"--dtype={dtype}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.rstrip().endswith("x")]
+    assert len(rows) == (4 if dtype == "bfloat16" else 3)
+    assert all(float(row.split()[-1].rstrip("x")) > 0 for row in rows)
