@@ -1,6 +1,7 @@
-"""The C training kernels against PyTorch: GELU (model/kernels/activation.c) and the fused scale, causal
-mask, softmax and dropout of attention (model/kernels/softmax.c), forward and backward, float32 and
-bfloat16, and PyTorch's own ops wherever the kernels don't apply."""
+"""The CPU training kernels against PyTorch, forward and backward, float32 and bfloat16: GELU
+(model/kernels/activation.c), attention's fused scale, causal mask, softmax and dropout
+(model/kernels/softmax.c), LayerNorm to bf16 (model/kernels/layernorm.c) and the linear layer with the
+bias inside oneDNN's product; PyTorch's own ops wherever they don't apply; the kernel benchmark."""
 
 from __future__ import annotations
 

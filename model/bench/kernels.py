@@ -5,7 +5,8 @@
 
 At the baby GPT's sizes by default (one layer's tensors). Each line times one piece both ways, in
 alternation so that a machine whose speed drifts treats both alike, and prints the medians:
-  - attention weights: scale, causal mask, softmax, dropout (model/softmax.py) vs four PyTorch ops
+  - attention weights: scale, causal mask, softmax, dropout in one pass (model/softmax.py) vs PyTorch's
+    scale, masked_fill and softmax followed by model/dropout.py's hash dropout (the path it replaced)
   - GELU (tanh) with its derivative kept (model/layers.py) vs F.gelu
   - LayerNorm to bf16 under autocast (model/layers.py) vs F.layer_norm and a cast (bfloat16 only)
   - a linear layer with the bias added inside oneDNN's product vs F.linear (addmm)
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model import rowdot
     from model.device import keep_freed_memory
+    from model.dropout import dropout
     from model.layers import LayerNorm, Linear, gelu_tanh
     from model.softmax import attention_weights
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def pytorch_weights():
         att = F.softmax((scores * scale).masked_fill(~causal, float("-inf")), dim=-1)
-        return F.dropout(att, args.dropout)
+        return dropout(att, args.dropout)
 
     hidden = torch.randn(B, T, 4 * C, dtype=dtype, requires_grad=True)
     residual = torch.randn(B, T, C, requires_grad=True)
