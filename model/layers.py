@@ -63,8 +63,8 @@ def _fused_bias_linear_available() -> bool:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose biased products on a CPU add the bias inside
-    the matrix product (oneDNN) instead of in a pass before it, as PyTorch's addmm does: the forward
-    products of the baby GPT ran 10-15% faster in bfloat16 and float32 (BENCHMARKS.md). Under CPU
+    the matrix product (oneDNN) instead of in a pass before it, as PyTorch's addmm does: the baby GPT's
+    forward products ran 7-15% faster in bfloat16, more in float32 (BENCHMARKS.md). Under CPU
     autocast the operands are cast as F.linear would cast them."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -162,7 +162,7 @@ def _gelu_tanh_kernel(x: Tensor, need_derivative: bool) -> tuple[Tensor, Tensor 
 
 def gelu_tanh(x: Tensor) -> Tensor:
     """F.gelu(x, approximate="tanh"); on a CPU in float32 or bfloat16 through model/kernels/activation.c,
-    which was 3x as fast forward and 2x backward in bfloat16 (BENCHMARKS.md)."""
+    forward plus backward 2.3x as fast as PyTorch's at the baby GPT's size (BENCHMARKS.md)."""
     if not rowdot.kernels_usable(x):
         return F.gelu(x, approximate="tanh")
     if x.requires_grad and torch.is_grad_enabled():
