@@ -85,12 +85,17 @@ def test_a_second_signal_stops_at_once_and_handlers_are_restored():
 
 
 def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp_path):
-    """Kill -9 a run that saves every iteration, at random moments and once as soon as a save has
-    started; every time ckpt.pt must load and the next run must resume from it."""
+    """Kill -9 a run that saves every iteration, as soon as a save has started (until one kill lands
+    mid-save) and at random moments; every time ckpt.pt must load and the next run must resume from it."""
     out = tmp_path / "out"
     rng = random.Random(0)
     last_iter, killed_during_save = 0, 0
-    for round in range(3):
+    rounds = 0
+    # aim at a save until one kill lands mid-write (a kill can arrive just after a fast save ends), then
+    # kill at random moments; at least three rounds, at most eight
+    while rounds < 3 or (killed_during_save == 0 and rounds < 8):
+        aim_at_save = killed_during_save == 0
+        rounds += 1
         init = "resume" if (out / "ckpt.pt").exists() else "scratch"
         proc = start("train.py", *run_forever(char_data_dir, out, eval_interval=1, eval_iters=1, init_from=init))
         wait_for_line(proc, "iter ")
@@ -98,7 +103,7 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp
             assert proc.poll() is None
             time.sleep(0.01)
         saving = lambda: any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())  # noqa: E731
-        if round == 0:  # catch a save in the act: kill when its temporary file appears
+        if aim_at_save:  # catch a save in the act: kill when its temporary file appears
             deadline = time.time() + 30
             while not saving() and time.time() < deadline:
                 time.sleep(0.0005)
