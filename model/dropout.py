@@ -51,15 +51,11 @@ class _HashDropout(torch.autograd.Function):
         return _apply(grad, ctx.seed, ctx.p), None  # the same elements dropped, the same scale
 
 
-def fast_dropout_applies(x: Tensor) -> bool:
-    return rowdot.kernels_usable(x)
-
-
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """F.dropout(x, p, training), with the mask drawn by model/kernels/dropout.c on a CPU."""
     if not training or p == 0.0:
         return x
-    if p >= 1.0 or not fast_dropout_applies(x):
+    if p >= 1.0 or not rowdot.kernels_usable(x):
         return F.dropout(x, p, training)
     return _HashDropout.apply(x, p)
 

@@ -68,11 +68,9 @@ class Linear(nn.Linear):
     autocast the operands are cast as F.linear would cast them."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.bias is None or x.dim() < 2 or not rowdot.eager_on_cpu(x)
-                or not _fused_bias_linear_available()):
-            return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if dtype not in (torch.float32, torch.bfloat16) or self.weight.device.type != "cpu":
+        if (self.bias is None or x.dim() < 2 or dtype not in (torch.float32, torch.bfloat16)
+                or self.weight.device.type != "cpu" or not rowdot.eager_on_cpu(x) or not _fused_bias_linear_available()):
             return F.linear(x, self.weight, self.bias)
         return _FusedBiasLinear.apply(x.to(dtype), self.weight.to(dtype), self.bias.to(dtype))
 
