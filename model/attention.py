@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.dropout import Dropout, dropout
+from model.dropout import dropout
 from model.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
 from model.softmax import attention_weights, kernel_applies
 
@@ -65,6 +65,9 @@ class MultiHeadAttention(nn.Module):
     the order [W_Q; W_K; W_V] (GPT-2's layout, and torch.nn.MultiheadAttention's `in_proj_weight`),
     so self-attention does all three in one matmul. Cross-attention applies the W_Q rows to `x` and
     the W_K, W_V rows to `context`.
+
+    `dropout` drops attention weights while training, as in torch.nn.MultiheadAttention; the dropout
+    on the output, before it joins the residual stream, belongs to the caller (gpt.Block).
     """
 
     def __init__(
@@ -79,7 +82,6 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = Dropout(dropout)
         # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
         self.q_norm = RMSNorm(self.head_size) if qk_norm else None
         self.k_norm = RMSNorm(self.head_size) if qk_norm else None
@@ -138,7 +140,7 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.append(k, v)  # (B, nh, S, hs) with S = cached + T
         y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
         y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
-        y = self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
         return (y, att) if need_weights else y
 
     def attend(

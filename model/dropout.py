@@ -4,7 +4,8 @@ Training the baby GPT (configs/shakespeare_char.toml, dropout 0.2) draws six 25M
 masks and a dozen smaller ones per step. PyTorch draws CPU masks on one thread, which took 1.8 s of
 a 6.6 s bfloat16 step on the machine of BENCHMARKS.md. model/kernels/dropout.c decides each element
 from a counter-based hash instead, on every core at once, and the backward pass recomputes the mask
-from the same seed rather than storing a byte per element. Each call draws its seed from PyTorch's
+from the same seed rather than storing a byte per element. `dropout_add` does a residual branch's
+dropout and its addition onto the residual stream in the same pass. Each call draws its seed from PyTorch's
 generator, so torch.manual_seed still makes a run repeatable.
 
 Elsewhere (GPUs, float16, torch.compile, no C compiler) `dropout` is F.dropout.
@@ -58,6 +59,45 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if p >= 1.0 or not rowdot.kernels_usable(x):
         return F.dropout(x, p, training)
     return _HashDropout.apply(x, p)
+
+
+class _HashDropoutAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, h: Tensor, p: float) -> Tensor:
+        lib = rowdot.kernels()
+        ctx.seed, ctx.p, ctx.h_dtype = dropout_seed(), p, h.dtype
+        x, h = x.contiguous(), h.contiguous()
+        y = torch.empty_like(x)
+        fn = lib.dropout_add_bf16 if h.dtype == torch.bfloat16 else lib.dropout_add_f32
+        fn(x.data_ptr(), h.data_ptr(), y.data_ptr(), x.numel(), ctx.seed, dropout_threshold(p), 1.0 / (1.0 - p))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        grad_h = None
+        if ctx.needs_input_grad[1]:
+            if ctx.h_dtype == torch.bfloat16:  # drop and cast to bfloat16 in the same pass
+                grad = grad.contiguous()
+                grad_h = torch.empty(grad.shape, dtype=torch.bfloat16)
+                rowdot.kernels().dropout_f32_to_bf16(grad.data_ptr(), grad_h.data_ptr(), grad.numel(), ctx.seed,
+                                                     dropout_threshold(ctx.p), 1.0 / (1.0 - ctx.p))
+            else:
+                grad_h = _apply(grad, ctx.seed, ctx.p)
+        return grad, grad_h, None
+
+
+def dropout_add(x: Tensor, h: Tensor, p: float, training: bool = True) -> Tensor:
+    """x + dropout(h): a residual branch h, dropped out, added onto the residual stream x.
+
+    On a CPU, with x in float32 and h in float32 or bfloat16 (autocast), this is one pass of
+    model/kernels/dropout.c each way instead of three (dropout, add, and in backward the cast of the
+    stream's gradient to h's dtype)."""
+    if not training or p == 0.0:
+        return x + h
+    if (p >= 1.0 or x.dtype != torch.float32 or h.dtype not in (torch.float32, torch.bfloat16)
+            or x.shape != h.shape or not (rowdot.kernels_usable(x) and rowdot.kernels_usable(h))):
+        return x + dropout(h, p, training)
+    return _HashDropoutAdd.apply(x, h, p)
 
 
 class Dropout(nn.Dropout):

@@ -2,8 +2,8 @@
 
     idx (B, T) -> wte + wpe -> dropout -> n_layer x Block -> ln_f -> lm_head -> logits (B, T, vocab)
 
-Each Block is x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). Parameter names follow GPT-2's
-(transformer.h.0.attn.c_attn.weight, ...) so its checkpoints map onto this model one to one.
+Each Block is x = x + dropout(attn(ln_1(x))); x = x + dropout(mlp(ln_2(x))). Parameter names follow
+GPT-2's (transformer.h.0.attn.c_attn.weight, ...) so its checkpoints map onto this model one to one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from model.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
-from model.dropout import Dropout
+from model.dropout import Dropout, dropout_add
 from model.layers import ACTIVATIONS, Linear, make_norm
 
 IGNORE_INDEX = -1
@@ -33,18 +33,20 @@ class MLP(nn.Module):
         hidden = config.mlp_ratio * config.n_embd
         self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
         self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (B, T, C)
+        return self.c_proj(self.activation(self.c_fc(x)))  # (B, T, C)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: attention, then MLP, each added back onto the residual stream."""
+    """Pre-norm residual block: attention, then MLP, each dropped out (while training) and added back
+    onto the residual stream. The dropout and the add are one step (dropout.dropout_add), which on a
+    CPU is one pass over the stream."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.resid_dropout = config.dropout
         self.ln_1 = make_norm(config.norm, config.n_embd, config.bias)
         self.attn = MultiHeadAttention(
             config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout,
@@ -63,8 +65,8 @@ class Block(nn.Module):
     ):
         a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights, cache=cache, pos=pos)
         a, att = a if need_weights else (a, None)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = dropout_add(x, a, self.resid_dropout, self.training)
+        x = dropout_add(x, self.mlp(self.ln_2(x)), self.resid_dropout, self.training)
         return (x, att) if need_weights else x
 
 

@@ -10,10 +10,11 @@ bf16 weights are widened to float32 in registers, so they halve the bytes read a
 accumulate in float32.
 
 The C files in model/kernels (these kernels and the decoding step of model/fastdecode.py; for
-training on a CPU, the dropout of model/dropout.py, the attention softmax of model/softmax.py, and
-the GELU and LayerNorm of model/layers.py) are compiled into one library with the system's C compiler
-on first use (a few seconds) and cached under ~/.cache/tinygpt (or $TINYGPT_CACHE). Without a C
-compiler, `kernels()` returns None and each of those keeps PyTorch's own ops; nothing else changes.
+training on a CPU, the dropout and residual dropout-add of model/dropout.py, the attention softmax
+of model/softmax.py, and the GELU and LayerNorm of model/layers.py) are compiled into one library
+with the system's C compiler on first use (a few seconds) and cached under ~/.cache/tinygpt (or
+$TINYGPT_CACHE). Without a C compiler, `kernels()` returns None and each of those keeps PyTorch's
+own ops; nothing else changes.
 """
 
 from __future__ import annotations
@@ -103,8 +104,12 @@ def kernels() -> ctypes.CDLL | None:
     for fn in (lib.rowdot_f32, lib.rowdot_bf16):
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
         fn.restype = None
-    for fn in (lib.dropout_f32, lib.dropout_bf16):
-        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    dropout_args = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    for fn in (lib.dropout_f32, lib.dropout_bf16, lib.dropout_f32_to_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 2 + dropout_args
+        fn.restype = None
+    for fn in (lib.dropout_add_f32, lib.dropout_add_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 3 + dropout_args
         fn.restype = None
     for fn in (lib.gelu_tanh_f32, lib.gelu_tanh_bf16):
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]

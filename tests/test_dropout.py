@@ -1,12 +1,13 @@
 """Dropout from the C hash kernel: the right fraction, the right scale, the same mask forward and
-backward, repeatable under torch.manual_seed, and PyTorch's dropout wherever the kernel doesn't apply."""
+backward, repeatable under torch.manual_seed, PyTorch's dropout wherever the kernel doesn't apply;
+and the residual dropout-add built on it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.dropout import Dropout, dropout
+from model.dropout import Dropout, dropout, dropout_add
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -59,3 +60,36 @@ def test_without_the_kernels_it_is_pytorchs_dropout(monkeypatch):
     expected = torch.nn.functional.dropout(x, 0.25)
     torch.manual_seed(0)
     assert torch.equal(dropout(x, 0.25), expected)
+
+
+@pytest.mark.parametrize("branch_dtype", [torch.float32, torch.bfloat16])
+def test_dropout_add_is_the_stream_plus_the_dropped_branch(branch_dtype):
+    x = torch.randn(64, 96, requires_grad=True)
+    h = torch.randn(64, 96, requires_grad=True)
+    grad = torch.randn(64, 96)
+    torch.manual_seed(5)
+    y = dropout_add(x, h.to(branch_dtype), 0.3)
+    grad_x, grad_h = torch.autograd.grad(y, (x, h), grad)
+    torch.manual_seed(5)  # the same seed draws the same mask as dropout()
+    dropped = dropout(h.to(branch_dtype), 0.3)
+    kept = dropped != 0
+    assert y.dtype == torch.float32 and 0.6 < kept.float().mean().item() < 0.8
+    # the branch is scaled in float32 and added without rounding it to bfloat16 first
+    expected = x + torch.where(kept, h.to(branch_dtype).float() * (1 / 0.7), 0.0)
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(grad_x, grad)  # the stream's gradient passes through untouched
+    expected_grad_h = torch.where(kept, grad * (1 / 0.7), 0.0).to(branch_dtype).float()  # rounded once
+    assert torch.equal(grad_h, expected_grad_h)
+
+
+def test_dropout_add_in_eval_or_without_the_kernels_is_x_plus_dropout(monkeypatch):
+    from model import rowdot
+
+    x, h = torch.randn(40, 40), torch.randn(40, 40)
+    assert torch.equal(dropout_add(x, h, 0.5, training=False), x + h)
+    assert torch.equal(dropout_add(x, h, 0.0), x + h)
+    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    torch.manual_seed(0)
+    expected = x + torch.nn.functional.dropout(h, 0.25)
+    torch.manual_seed(0)
+    assert torch.equal(dropout_add(x, h, 0.25), expected)
