@@ -96,12 +96,15 @@ class MultiHeadAttention(nn.Module):
     def project_qkv(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries from x; keys and values from context (cross) or from x (self). Each (B, nh, T, hs)."""
         if context is None:
-            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        else:
-            w_q, w_kv = self.c_attn.weight.split([self.n_embd, 2 * self.n_embd], dim=0)
-            b_q, b_kv = (None, None) if self.c_attn.bias is None else self.c_attn.bias.split([self.n_embd, 2 * self.n_embd])
-            q = F.linear(x, w_q, b_q)  # (B, T, C)
-            k, v = F.linear(context, w_kv, b_kv).split(self.n_embd, dim=2)  # 2 x (B, S, C)
+            B, T, _ = x.shape
+            # one copy into head-major layout, so the attention products below take q, k, v (and k's
+            # transpose) as they are instead of each making its own contiguous copy
+            qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_size)
+            return qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # 3 x (B, nh, T, hs)
+        w_q, w_kv = self.c_attn.weight.split([self.n_embd, 2 * self.n_embd], dim=0)
+        b_q, b_kv = (None, None) if self.c_attn.bias is None else self.c_attn.bias.split([self.n_embd, 2 * self.n_embd])
+        q = F.linear(x, w_q, b_q)  # (B, T, C)
+        k, v = F.linear(context, w_kv, b_kv).split(self.n_embd, dim=2)  # 2 x (B, S, C)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def forward(
