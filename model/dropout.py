@@ -5,8 +5,8 @@ masks and a dozen smaller ones per step. PyTorch draws CPU masks on one thread, 
 a 6.6 s bfloat16 step on the machine of BENCHMARKS.md. model/kernels/dropout.c decides each element
 from a counter-based hash instead, on every core at once, and the backward pass recomputes the mask
 from the same seed rather than storing a byte per element. `dropout_add` does a residual branch's
-dropout and its addition onto the residual stream in the same pass. Each call draws its seed from PyTorch's
-generator, so torch.manual_seed still makes a run repeatable.
+dropout and its addition onto the residual stream in the same pass. Each call draws its seed from
+PyTorch's generator, so torch.manual_seed still makes a run repeatable.
 
 Elsewhere (GPUs, float16, torch.compile, no C compiler) `dropout` is F.dropout.
 """
@@ -83,7 +83,7 @@ class _HashDropoutAdd(torch.autograd.Function):
                                                      dropout_threshold(ctx.p), 1.0 / (1.0 - ctx.p))
             else:
                 grad_h = _apply(grad, ctx.seed, ctx.p)
-        return grad, grad_h, None
+        return grad if ctx.needs_input_grad[0] else None, grad_h, None
 
 
 def dropout_add(x: Tensor, h: Tensor, p: float, training: bool = True) -> Tensor:
