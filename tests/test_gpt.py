@@ -92,3 +92,19 @@ def test_tiny_model_overfits_a_short_text():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def test_training_block_drops_both_residual_branches_before_adding_them():
+    from model.dropout import dropout
+
+    block = tiny(dropout=0.3).transformer.h[0].train()
+    x = torch.randn(2, 16, 32)
+    torch.manual_seed(7)
+    y = block(x)
+    torch.manual_seed(7)  # the same draws, in the same order, by hand
+    x1 = x + dropout(block.attn(block.ln_1(x)), 0.3)
+    expected = x1 + dropout(block.mlp(block.ln_2(x1)), 0.3)
+    torch.testing.assert_close(y, expected)
+    torch.manual_seed(7)
+    no_residual_dropout = x + block.attn(block.ln_1(x))
+    assert not torch.allclose(x1, no_residual_dropout)
