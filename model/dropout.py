@@ -31,12 +31,22 @@ def dropout_threshold(p: float) -> int:
     return min(round(p * 2**32), 2**32 - 1)
 
 
-def _apply(x: Tensor, seed: int, p: float) -> Tensor:
+def _mask_args(seed: int, p: float) -> tuple[int, int, float]:
+    """The kernels' trailing arguments: seed, drop threshold, scale of the kept elements."""
+    return seed, dropout_threshold(p), 1.0 / (1.0 - p)
+
+
+def _apply(x: Tensor, seed: int, p: float, out_dtype: torch.dtype | None = None) -> Tensor:
+    """dropout(x) with the mask of `seed`, in out_dtype (x's dtype, or bfloat16 from float32)."""
     lib = rowdot.kernels()
-    fn = lib.dropout_bf16 if x.dtype == torch.bfloat16 else lib.dropout_f32
+    out_dtype = out_dtype or x.dtype
+    if out_dtype == x.dtype:
+        fn = lib.dropout_bf16 if x.dtype == torch.bfloat16 else lib.dropout_f32
+    else:  # dropped and rounded to bfloat16 in the same pass
+        fn = lib.dropout_f32_to_bf16
     x = x.contiguous()
-    y = torch.empty_like(x)
-    fn(x.data_ptr(), y.data_ptr(), x.numel(), seed, dropout_threshold(p), 1.0 / (1.0 - p))
+    y = torch.empty(x.shape, dtype=out_dtype)
+    fn(x.data_ptr(), y.data_ptr(), x.numel(), *_mask_args(seed, p))
     return y
 
 
@@ -69,20 +79,12 @@ class _HashDropoutAdd(torch.autograd.Function):
         x, h = x.contiguous(), h.contiguous()
         y = torch.empty_like(x)
         fn = lib.dropout_add_bf16 if h.dtype == torch.bfloat16 else lib.dropout_add_f32
-        fn(x.data_ptr(), h.data_ptr(), y.data_ptr(), x.numel(), ctx.seed, dropout_threshold(p), 1.0 / (1.0 - p))
+        fn(x.data_ptr(), h.data_ptr(), y.data_ptr(), x.numel(), *_mask_args(ctx.seed, p))
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
-        grad_h = None
-        if ctx.needs_input_grad[1]:
-            if ctx.h_dtype == torch.bfloat16:  # drop and cast to bfloat16 in the same pass
-                grad = grad.contiguous()
-                grad_h = torch.empty(grad.shape, dtype=torch.bfloat16)
-                rowdot.kernels().dropout_f32_to_bf16(grad.data_ptr(), grad_h.data_ptr(), grad.numel(), ctx.seed,
-                                                     dropout_threshold(ctx.p), 1.0 / (1.0 - ctx.p))
-            else:
-                grad_h = _apply(grad, ctx.seed, ctx.p)
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        grad_h = _apply(grad, ctx.seed, ctx.p, ctx.h_dtype) if ctx.needs_input_grad[1] else None
         return grad if ctx.needs_input_grad[0] else None, grad_h, None
 
 
