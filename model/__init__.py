@@ -7,7 +7,7 @@ Names are imported lazily, so tools that don't need torch (e.g. `python -m model
 import importlib
 
 _EXPORTS = {
-    "GPT": "model.gpt",
+    "GPT": "model.nn.gpt",
     "GPTConfig": "model.config",
     "TrainConfig": "model.config",
     "load_config": "model.config",

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from model import config as configs
-from model import tokenizer as tokenizers
+from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
-from model.gpt import GPT
+from model.nn.gpt import GPT
 
 LATEST = "ckpt.pt"
 BEST = "best.pt"
@@ -139,6 +139,6 @@ def load_model(
 
 
 def write_config_json(out_dir: str | Path, values: dict[str, Any]) -> None:
-    from model.data import atomic_write_bytes
+    from model.files import atomic_write_bytes
 
     atomic_write_bytes(Path(out_dir) / "config.json", (json.dumps(values, indent=2) + "\n").encode())

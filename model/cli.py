@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from model.errors import Interrupted, TinyGPTError
+from model.errors import ConfigError, Interrupted, TinyGPTError
+from model.files import read_json
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -82,7 +83,7 @@ def train_main(argv: list[str] | None = None) -> int:
     model_config, train_config = load_config(config_path, args)
 
     from model.device import keep_freed_memory
-    from model.trainer import train
+    from model.training.trainer import train
 
     keep_freed_memory()  # this process only trains: let it reuse its activations' memory
     train(model_config, train_config, quiet=quiet)
@@ -121,13 +122,13 @@ def sample_main(argv: list[str] | None = None) -> int:
 
     from model.checkpoint import load_model
     from model.device import resolve_device, resolve_dtype
-    from model.generate import generate_text, prepare_for_sampling
+    from model.sampling.generate import generate_text, prepare_for_sampling
     from model.progress import progress
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.init_from is not None:
-        from model.hf import load_pretrained
+        from model.huggingface import load_pretrained
 
         model, tok = load_pretrained(args.init_from, device)
     else:
@@ -174,7 +175,7 @@ def read_prompt(start: str) -> str:
 
 @guarded
 def prepare_main(argv: list[str] | None = None) -> int:
-    from model import data
+    from model.data import dataset as data
 
     parser = OneLineArgumentParser(
         description="Tokenize a text corpus into data_dir/DATASET/{train.bin,val.bin,meta.json}."
@@ -200,7 +201,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
 
 
 def hf_presets() -> list[str]:
-    from model.hfdata import PRESETS
+    from model.data.hf_datasets import PRESETS
 
     return list(PRESETS)
 
@@ -223,7 +224,7 @@ def add_hf_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prepare_hf_from_args(args: argparse.Namespace) -> dict:
-    from model.hfdata import PRESETS, HFSource, prepare_hf
+    from model.data.hf_datasets import PRESETS, HFSource, prepare_hf
 
     if args.hf_dataset:
         source = HFSource(args.hf_dataset, args.hf_config, args.split, args.text_column, args.val_split)
@@ -231,3 +232,134 @@ def prepare_hf_from_args(args: argparse.Namespace) -> dict:
         source = PRESETS[args.dataset]
     return prepare_hf(args.dataset, args.data_dir, source, args.data_files, args.streaming, args.num_proc,
                       args.shard_tokens, args.val_fraction, args.tokenizer or "gpt2", args.cache_dir)
+
+
+def vocab_from_dataset(data_dir: str, dataset: str) -> int | None:
+    """The vocabulary of a prepared dataset (its meta.json), or None if it isn't prepared."""
+    meta_path = Path(data_dir) / dataset / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        return int(read_json(meta_path)["vocab_size"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{meta_path} has no valid vocab_size") from None
+
+
+REPORT_USAGE = """usage: python -m model.report [CONFIG.toml] [--key=value ...] [--json]
+
+Count a GPT's parameters per component, its FLOPs per token and its training memory, from the config
+alone (nothing is allocated). vocab_size comes from the config, else from the prepared dataset's
+meta.json; pass --vocab_size=N otherwise."""
+
+
+@guarded
+def report_main(argv: list[str] | None = None) -> int:
+    import dataclasses
+    import json
+
+    from model.config import load_config
+    from model.nn.report import Report
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(REPORT_USAGE)
+        return 0
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    config_path = args.pop(0) if args and not args[0].startswith("--") else None
+    model_config, train_config = load_config(config_path, args)
+    if model_config.vocab_size is None:
+        vocab = vocab_from_dataset(train_config.data_dir, train_config.dataset)
+        if vocab is None:
+            raise ConfigError(
+                f"vocab_size is not set and dataset '{train_config.dataset}' is not prepared in "
+                f"{train_config.data_dir}/; pass --vocab_size=N (e.g. 65 for Tiny Shakespeare characters)"
+            )
+        model_config = dataclasses.replace(model_config, vocab_size=vocab)
+    report = Report(model_config, Path(config_path).stem if config_path else "defaults")
+    print(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    return 0
+
+
+@guarded
+def runs_main(argv: list[str] | None = None) -> int:
+    from model.tools.runs import compare
+
+    parser = OneLineArgumentParser(prog="python -m model.runs", description="Compare training runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmp = commands.add_parser("compare", help="table of runs and one plot of their val-loss curves")
+    cmp.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="training run folders")
+    cmp.add_argument("--plot", default="compare.png", help="the PNG of val-loss curves to write")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    print(compare(args.out_dirs, args.plot))
+    print(f"wrote {args.plot}")
+    return 0
+
+
+@guarded
+def hf_main(argv: list[str] | None = None) -> int:
+    """`python -m model.hf CHECKPOINT DEST`: export a tinygpt checkpoint as a transformers GPT-2 folder."""
+    from model.checkpoint import load_model
+    from model.huggingface import save_pretrained
+
+    parser = OneLineArgumentParser(
+        prog="python -m model.hf", description="Export a tinygpt checkpoint as a Hugging Face transformers GPT-2 folder."
+    )
+    parser.add_argument("checkpoint", help="a checkpoint file, or a training run folder (best.pt, else ckpt.pt)")
+    parser.add_argument("dest", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    model, tok, _ = load_model(args.checkpoint)
+    folder = save_pretrained(model, args.dest, tok)
+    print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
+          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py --init_from={folder}")
+    return 0
+
+
+def _pick(value: int | None, count: int, name: str) -> list[int]:
+    if value is None:
+        return list(range(count))
+    if not 0 <= value < count:
+        raise TinyGPTError(f"--{name} must be between 0 and {count - 1} (the model has {count}), got {value}")
+    return [value]
+
+
+@guarded
+def visualize_main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(
+        prog="python -m model.visualize",
+        description="Draw a checkpoint's attention patterns over a prompt: one heatmap per layer and head.",
+    )
+    parser.add_argument("--out_dir", default="out", help="training run folder (uses best.pt, else ckpt.pt)")
+    parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
+    parser.add_argument("--start", default="ROMEO:\nBut soft, what light", help="prompt text, or FILE:path")
+    parser.add_argument("--layer", type=int, default=None, help="only this layer (0-based); default all")
+    parser.add_argument("--head", type=int, default=None, help="only this head (0-based); default all")
+    parser.add_argument("--out", default="attention.png", help="the PNG to write")
+    parser.add_argument("--save", default=None, help="also write the raw weights to this .npy or .json file")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.save is not None and Path(args.save).suffix not in (".npy", ".json"):
+        raise TinyGPTError(f"--save must end in .npy or .json, got '{args.save}'")
+
+    from model.checkpoint import load_model
+    from model.device import resolve_device
+    from model.tools.visualize import attention_weights, plot_attention, save_weights, token_labels
+
+    model, tokenizer, _ = load_model(args.checkpoint or args.out_dir, resolve_device(args.device))
+    prompt = read_prompt(args.start)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise TinyGPTError("the prompt is empty; pass some text with --start")
+    if len(ids) > model.config.block_size:
+        raise TinyGPTError(
+            f"the prompt is {len(ids)} tokens but the model sees at most {model.config.block_size}; shorten it"
+        )
+    layers = _pick(args.layer, model.config.n_layer, "layer")
+    heads = _pick(args.head, model.config.n_head, "head")
+    weights = attention_weights(model, ids, layers, heads)
+    labels = token_labels(tokenizer, ids)
+    png = plot_attention(weights, labels, layers, heads, args.out, title=f"attention over {len(ids)} tokens")
+    print(f"wrote {png} ({len(layers)} layer(s) x {len(heads)} head(s), {len(ids)} tokens)")
+    if args.save is not None:
+        print(f"wrote {save_weights(args.save, weights, labels, layers, heads)} (layers, heads, query, key)")
+    return 0

@@ -82,10 +82,6 @@ class GPTConfig:
         if require_vocab and self.vocab_size is None:
             raise ConfigError("vocab_size is not set; it normally comes from the dataset's meta.json")
 
-    @classmethod
-    def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "GPTConfig":
-        return load_config(path, overrides)[0]
-
 
 @dataclass
 class TrainConfig:
@@ -376,7 +372,3 @@ def to_dict(model_config: GPTConfig, train_config: TrainConfig | None = None) ->
 def from_dict(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
     """Inverse of to_dict; unknown keys (e.g. from a newer version) are an error, not silently dropped."""
     return build_configs(dict(values))
-
-
-def save_json(path: str | Path, model_config: GPTConfig, train_config: TrainConfig | None = None) -> None:
-    Path(path).write_text(json.dumps(to_dict(model_config, train_config), indent=2) + "\n")

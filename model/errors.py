@@ -1,11 +1,6 @@
-"""The one exception type that command-line programs turn into a single line on stderr, and
-`read_json`, which reads a user's JSON file or raises it."""
+"""The exceptions that command-line programs turn into a single line on stderr and an exit status."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
 
 
 class TinyGPTError(Exception):
@@ -27,14 +22,3 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def read_json(path: str | Path) -> Any:
-    """The JSON value in a user's file (a config, a dataset's meta.json, a tokenizer); a TinyGPTError
-    naming the file when it can't be read or isn't JSON."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from None
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise TinyGPTError(f"{path} is not valid JSON: {e}") from None

@@ -38,7 +38,7 @@ def corpus(tmp_path: Path, shakespeare_text: str) -> Path:
 @pytest.fixture
 def char_data_dir(tmp_path: Path, corpus: Path) -> Path:
     """A data_dir holding a prepared character-level dataset named 'tiny'."""
-    from model.data import prepare
+    from model.data.dataset import prepare
 
     data_dir = tmp_path / "data"
     prepare("tiny", data_dir, input_path=str(corpus), tokenizer="char")
@@ -60,7 +60,7 @@ def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
 def trained_once(tmp_path_factory, shakespeare_text) -> Path:
     """out_dir of a two-iteration run (block_size 32) on a dataset with char_data_dir's vocabulary."""
     from model.cli import train_main
-    from model.data import prepare
+    from model.data.dataset import prepare
 
     root = tmp_path_factory.mktemp("trained")
     (root / "corpus.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")  # as the `corpus` fixture

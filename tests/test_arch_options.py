@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from model.attention import MultiHeadAttention
+from model.nn.attention import MultiHeadAttention
 from model.checkpoint import load_model
 from model.cli import train_main
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError
-from model.gpt import GPT
-from model.layers import apply_rotary, rotary_frequencies
-from model.trainer import Trainer
+from model.nn.gpt import GPT
+from model.nn.layers import apply_rotary, rotary_frequencies
+from model.training.trainer import Trainer
 from tests.conftest import tiny_overrides
 
 OPTIONS = {
@@ -84,7 +84,7 @@ def test_rotary_scores_depend_only_on_distance():
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
     rotated = apply_rotary(q, torch.tensor([7]), freqs)
-    assert rotated.norm() == pytest.approx(q.norm(), rel=1e-5)  # a rotation keeps lengths
+    assert rotated.norm().item() == pytest.approx(q.norm().item(), rel=1e-5)  # a rotation keeps lengths
 
 
 def test_rotary_uses_explicit_positions():

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.attention import MultiHeadAttention
+from model.nn.attention import MultiHeadAttention
 
 E, H = 32, 4
 
@@ -93,7 +93,7 @@ def test_rejects_width_not_divisible_by_heads():
 
 
 def test_bf16_training_path_matches_the_fused_kernel(monkeypatch):
-    from model import attention
+    from model.nn import attention
 
     torch.manual_seed(0)
     mha = attention.MultiHeadAttention(32, 4).bfloat16()

@@ -9,7 +9,7 @@ import torch
 
 from model.bench import train as bench
 from model.config import GPTConfig
-from model.gpt import GPT
+from model.nn.gpt import GPT
 from tests.conftest import tiny_overrides
 
 

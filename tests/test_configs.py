@@ -11,7 +11,7 @@ import torch
 from model import GPT
 from model.config import load_config
 from model.errors import ConfigError
-from model.report import Report
+from model.nn.report import Report
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 CHAR_VOCAB = 65

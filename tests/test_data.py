@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import TokenDataset, prepare
+from model.data.dataset import TokenDataset, prepare
 from model.errors import TinyGPTError
-from model.tokenizer import from_meta
+from model.data.tokenizer import from_meta
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "gpt2"])

@@ -13,8 +13,8 @@ import torch
 
 from conftest import ROOT, tiny_overrides
 from model.config import load_config
-from model.data import TokenDataset
-from model.trainer import train
+from model.data.dataset import TokenDataset
+from model.training.trainer import train
 
 
 def train_losses(out_dir: Path) -> dict[int, float]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.dropout import Dropout, dropout, dropout_add
+from model.kernels.dropout import Dropout, dropout, dropout_add
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -52,7 +52,7 @@ def test_eval_and_edge_probabilities():
 
 
 def test_without_the_kernels_it_is_pytorchs_dropout(monkeypatch):
-    from model import rowdot
+    from model.kernels import build as rowdot
 
     monkeypatch.setattr(rowdot, "kernels", lambda: None)
     x = torch.ones(10_000)
@@ -83,7 +83,7 @@ def test_dropout_add_is_the_stream_plus_the_dropped_branch(branch_dtype):
 
 
 def test_dropout_add_in_eval_or_without_the_kernels_is_x_plus_dropout(monkeypatch):
-    from model import rowdot
+    from model.kernels import build as rowdot
 
     x, h = torch.randn(40, 40), torch.randn(40, 40)
     assert torch.equal(dropout_add(x, h, 0.5, training=False), x + h)

@@ -137,7 +137,7 @@ def test_meta_vocab_size_disagrees_with_its_tokenizer(capsys, char_data_dir, tmp
 
 # -- checkpoints ----------------------------------------------------------------------------------
 def test_checkpoint_vocabulary_does_not_match_dataset(capsys, trained, char_data_dir, tmp_path):
-    from model.data import prepare
+    from model.data.dataset import prepare
 
     trained_vocab = vocab_size(char_data_dir)
     (tmp_path / "lower.txt").write_text("to be or not to be, that is the question\n" * 200)
@@ -239,12 +239,12 @@ def test_adam_beta_out_of_range(capsys, tmp_path):
 
 
 def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypatch):
-    import model.data
+    import model.files
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(model.data.os, "fsync", disk_full)
+    monkeypatch.setattr(model.files.os, "fsync", disk_full)
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
                         "could not write", "train.bin", "No space left on device")
     assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
@@ -253,7 +253,8 @@ def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypat
 def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):
     import pytest
 
-    from model.errors import TinyGPTError, read_json
+    from model.errors import TinyGPTError
+    from model.files import read_json
 
     good = tmp_path / "good.json"
     good.write_text('{"a": [1, 2]}')

@@ -8,9 +8,9 @@ import torch
 from model.checkpoint import model_state, save_checkpoint
 from model.cli import sample_main
 from model.config import GPTConfig
-from model.generate import StopAtString, generate, generate_text, left_pad, prepare_for_sampling, sample_next
-from model.gpt import GPT, positions
-from model.tokenizer import CharTokenizer
+from model.sampling.generate import StopAtString, generate, generate_text, left_pad, prepare_for_sampling, sample_next
+from model.nn.gpt import GPT, positions
+from model.data.tokenizer import CharTokenizer
 
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -186,7 +186,7 @@ def test_sample_cli_bad_input_is_one_line(char_checkpoint, capsys, args, message
 
 
 def test_rowdot_decoding_matches_and_keeps_parameters():
-    from model.rowdot import RowDotLinear, use_rowdot
+    from model.kernels.decode import RowDotLinear, use_rowdot
 
     model = peaky_gpt(block_size=16)
     prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]]  # the second is past block_size
@@ -206,7 +206,8 @@ def test_rowdot_decoding_matches_and_keeps_parameters():
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (67, 100), (5, 1000)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_rowdot_kernel_equals_float32_product(dtype, shape, bias):
-    from model.rowdot import kernels, rowdot
+    from model.kernels.build import kernels
+    from model.kernels.decode import rowdot
 
     out, inp = shape
     weight = torch.randn(out, inp).to(dtype)
@@ -221,7 +222,7 @@ def test_rowdot_kernel_equals_float32_product(dtype, shape, bias):
 def test_rowdot_build_is_cached_and_a_broken_compiler_gives_none(monkeypatch, tmp_path):
     import shutil
 
-    from model import rowdot
+    from model.kernels import build as rowdot
 
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
     assert rowdot._build(shutil.which("false")) is None  # every flag set fails: no library
@@ -234,7 +235,7 @@ def test_rowdot_build_is_cached_and_a_broken_compiler_gives_none(monkeypatch, tm
 
 
 def test_sampling_without_row_dot_kernels_uses_column_major_weights(monkeypatch):
-    from model import rowdot
+    from model.kernels import build as rowdot
 
     monkeypatch.setattr(rowdot, "kernels", lambda: None)
     model = peaky_gpt(block_size=16)
@@ -282,7 +283,7 @@ def test_c_decode_step_matches_pytorch_step(shape, dtype):
 
 @pytest.mark.parametrize("shape", FAST_SHAPES)
 def test_generate_through_c_decode_step_equals_no_cache(shape, monkeypatch):
-    from model.fastdecode import FastDecoder
+    from model.kernels.decode import FastDecoder
 
     model = peaky_gpt(**shape)
     prompt = [[3, 1, 4]]
@@ -309,7 +310,7 @@ def test_c_decode_step_is_dropped_when_the_model_changes():
 
 
 def test_c_decode_step_declines_float16():
-    from model.fastdecode import FastDecoder
+    from model.kernels.decode import FastDecoder
 
     assert FastDecoder.supports(peaky_gpt().half()) == "torch.float16 weights"
     assert FastDecoder.supports(peaky_gpt()) is None

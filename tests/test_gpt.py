@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT
+from model import GPTConfig
 from model.errors import ConfigError
-from model.gpt import IGNORE_INDEX
+from model.nn.gpt import IGNORE_INDEX
 
 
 def tiny(**kw) -> GPT:
@@ -95,7 +96,7 @@ def test_tiny_model_overfits_a_short_text():
 
 
 def test_training_block_drops_both_residual_branches_before_adding_them():
-    from model.dropout import dropout
+    from model.kernels.dropout import dropout
 
     block = tiny(dropout=0.3).transformer.h[0].train()
     x = torch.randn(2, 16, 32)

@@ -10,12 +10,13 @@ import json
 import pytest
 import torch
 
-from model import hf
+from model import huggingface as hf
+from model.cli import hf_main
 from model.cli import sample_main, train_main
 from model.config import GPTConfig
 from model.errors import TinyGPTError
-from model.gpt import GPT
-from model.tokenizer import CharTokenizer, TiktokenTokenizer
+from model.nn.gpt import GPT
+from model.data.tokenizer import CharTokenizer, TiktokenTokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -120,7 +121,7 @@ def test_sample_cli_from_hf_folder_equals_transformers_greedy(hf_dir, capsys):
 
 @pytest.fixture
 def gpt2_data_dir(tmp_path, corpus):
-    from model.data import prepare
+    from model.data.dataset import prepare
 
     data_dir = tmp_path / "data"
     prepare("tiny", data_dir, input_path=str(corpus), tokenizer="gpt2")
@@ -159,11 +160,11 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path, capsys):
     torch.manual_seed(2)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=GPT2_VOCAB))
     save_checkpoint(tmp_path / "ckpt.pt", model_state(model, model.config, TiktokenTokenizer("gpt2").to_meta()))
-    assert hf.main([str(tmp_path / "ckpt.pt"), str(tmp_path / "exported")]) == 0
+    assert hf_main([str(tmp_path / "ckpt.pt"), str(tmp_path / "exported")]) == 0
     theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
     idx = torch.randint(0, GPT2_VOCAB, (1, 8))
     torch.testing.assert_close(their_logits(theirs, idx), our_logits(model, idx), rtol=0, atol=1e-4)
     capsys.readouterr()
-    assert hf.main([str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 1
+    assert hf_main([str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "missing.pt" in err and err.count("\n") == 1

@@ -10,8 +10,8 @@ import pytest
 import tiktoken
 
 from model.cli import prepare_main
-from model.data import Shards, TokenDataset
-from model.hfdata import HFSource, prepare_hf
+from model.data.dataset import Shards, TokenDataset
+from model.data.hf_datasets import HFSource, prepare_hf
 
 TEXTS = [f"Document {i}: " + "héllo wörld, 東京 " * (i % 7) + "\n\nthe end." for i in range(40)] + [""]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import rowdot
-from model.attention import MultiHeadAttention
-from model.layers import gelu_tanh
-from model.softmax import attention_weights, kernel_applies
+from model.kernels import build as rowdot
+from model.nn.attention import MultiHeadAttention
+from model.nn.layers import gelu_tanh
+from model.kernels.attention_probs import attention_weights, kernel_applies
 
 needs_kernels = pytest.mark.skipif(rowdot.kernels() is None, reason="no C compiler")
 TOLERANCE = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
@@ -107,7 +107,7 @@ def test_attention_kernel_declines_what_it_doesnt_cover(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_training_attention_agrees_with_and_without_the_kernel(monkeypatch, dtype):
     """The explicit training path through the C kernel equals the same path in PyTorch ops."""
-    from model import attention
+    from model.nn import attention
 
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 4).to(dtype)
@@ -130,7 +130,7 @@ def test_training_attention_agrees_with_and_without_the_kernel(monkeypatch, dtyp
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
-    from model.layers import Linear, _fused_bias_linear_available
+    from model.nn.layers import Linear, _fused_bias_linear_available
 
     torch.manual_seed(0)
     ours, reference = Linear(24, 40), torch.nn.Linear(24, 40)
@@ -155,7 +155,7 @@ def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
 @needs_kernels
 @pytest.mark.parametrize("bias", [True, False])
 def test_layernorm_to_bf16_matches_pytorch_under_autocast(bias):
-    from model.layers import LayerNorm
+    from model.nn.layers import LayerNorm
 
     torch.manual_seed(0)
     ours, reference = LayerNorm(48, bias=bias), torch.nn.LayerNorm(48, bias=bias)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_overrides
-from model import plots
+from model.training import plots
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError
-from model.trainer import Trainer
+from model.training.trainer import Trainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = dict(max_iters=4, eval_interval=2, eval_iters=1, log_interval=1, warmup_iters=1, lr_decay_iters=4)
@@ -83,7 +83,7 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path):
 
 
 def test_flops_per_token_and_mfu():
-    from model.mfu import MFUMeter, flops_per_token
+    from model.training.mfu import MFUMeter, flops_per_token
 
     cfg = GPTConfig(n_layer=2, n_embd=32, block_size=16, n_head=2, vocab_size=10)
     assert flops_per_token(cfg, 1000) == 6 * 1000 + 12 * 2 * 16 * 32
@@ -95,7 +95,7 @@ def test_flops_per_token_and_mfu():
 def test_measured_peak_is_a_plausible_matmul_rate():
     import torch
 
-    from model.mfu import measure_peak_flops
+    from model.training.mfu import measure_peak_flops
 
     peak = measure_peak_flops("cpu", torch.float32, size=256, seconds=0.05)
     assert 1e7 < peak < 1e14
@@ -189,7 +189,7 @@ def test_wandb_offline_run_logs_config_metrics_samples_and_checkpoint(char_data_
 
 @pytest.mark.parametrize("env, key", [("disabled", ""), ("offline", "disabled")])
 def test_wandb_disabled_by_env_or_key_writes_only_local_files(tmp_path, monkeypatch, env, key):
-    from model.logger import RunLogger
+    from model.training.logger import RunLogger
 
     monkeypatch.setenv("WANDB_MODE", env)
     logger = RunLogger(tmp_path, {"n_layer": 2}, wandb_log=True, wandb_mode=key)
@@ -209,8 +209,8 @@ def test_progress_bars_are_off_when_quiet_or_not_a_terminal():
 
 @pytest.mark.parametrize("kind", ["char", "gpt2"])
 def test_encoding_in_pieces_gives_the_same_ids(shakespeare_text, kind):
-    from model import tokenizer as tokenizers
-    from model.data import encode_with_progress
+    from model.data import tokenizer as tokenizers
+    from model.data.dataset import encode_with_progress
 
     text = shakespeare_text[:20_000] + "\n\n  indented\n\tend\n"
     tok = tokenizers.make(kind, text)
@@ -220,7 +220,7 @@ def test_encoding_in_pieces_gives_the_same_ids(shakespeare_text, kind):
 
 
 def test_metrics_write_failure_warns_once_and_training_goes_on(tmp_path, capsys):
-    from model.logger import RunLogger
+    from model.training.logger import RunLogger
 
     logger = RunLogger(tmp_path, config={})
     logger.path.mkdir()  # appending to a folder fails like a full disk would: with an OSError

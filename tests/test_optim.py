@@ -11,9 +11,9 @@ import torch
 
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import ConfigError
-from model.gpt import GPT
-from model.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
-from model.trainer import Trainer
+from model.nn.gpt import GPT
+from model.training.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
+from model.training.trainer import Trainer
 from tests.conftest import tiny_overrides
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from model.config import ConfigError, GPTConfig, TrainConfig, coerce, load_config, parse_overrides, valid_keys
 from model.errors import TinyGPTError
-from model.tokenizer import CharTokenizer, StreamDecoder, TiktokenTokenizer, from_meta
+from model.data.tokenizer import CharTokenizer, StreamDecoder, TiktokenTokenizer, from_meta
 
 settings.register_profile("tinygpt", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tinygpt")

@@ -18,10 +18,10 @@ from conftest import ROOT, tiny_overrides
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import TinyGPTError
-from model.gpt import GPT
-from model.memory import count_parameters
-from model.signals import GracefulStop
-from model.trainer import Trainer, train
+from model.nn.gpt import GPT
+from model.training.memory import count_parameters
+from model.training.signals import GracefulStop
+from model.training.trainer import Trainer, train
 
 # A lone subprocess on a shared 2-core machine is much faster with one thread than fighting for two.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT
+from model import GPTConfig
 from model.config import load_config
 from model.errors import ConfigError
-from model.report import GROUPS, Report, main
+from model.cli import report_main as main
+from model.nn.report import GROUPS, Report
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -200,7 +202,7 @@ def test_bad_input_is_one_line_on_stderr(args, message, capsys):
 def test_training_prints_the_summary_unless_quiet(char_data_dir, tmp_path, capsys, quiet):
     from conftest import tiny_overrides
 
-    from model.trainer import train
+    from model.training.trainer import train
 
     model_config, train_config = load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", max_iters=1))
     train(model_config, train_config, quiet=quiet)

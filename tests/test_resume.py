@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_overrides
 from model.config import load_config
-from model.trainer import train
+from model.training.trainer import train
 from test_distributed import final_weights, run_torchrun, train_losses
 
 # Dropout and gradient accumulation on, and an eval interval that doesn't divide the stopping point,

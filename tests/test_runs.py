@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from model.config import GPTConfig, TrainConfig, to_dict
-from model.gpt import GPT
-from model.runs import compare, differing_keys, main
+from model.nn.gpt import GPT
+from model.cli import runs_main as main
+from model.tools.runs import compare, differing_keys
 
 
 def make_run(folder: Path, val_losses: list[float], tokens_per_sec: list[float], **config) -> Path:

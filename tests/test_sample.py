@@ -5,7 +5,7 @@ import pytest
 
 from conftest import ROOT, tiny_overrides
 from model.config import load_config
-from model.trainer import train
+from model.training.trainer import train
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from conftest import tiny_overrides
 from model.checkpoint import load_checkpoint, load_model
 from model.cli import train_main
 from model.config import load_config
-from model.trainer import train
+from model.training.trainer import train
 
 
 def run(data_dir, out_dir, **extra):

@@ -1,4 +1,4 @@
-"""python -m model.attention: heatmaps of attention patterns and the raw weights behind them."""
+"""python -m model.visualize: heatmaps of attention patterns and the raw weights behind them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 
 from model import checkpoint
 from model.config import GPTConfig
-from model.data import TokenDataset
-from model.gpt import GPT
-from model.visualize import attention_main
+from model.data.dataset import TokenDataset
+from model.nn.gpt import GPT
+from model.cli import visualize_main as attention_main
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "ROMEO:\nBut soft"
@@ -89,10 +89,10 @@ def test_bad_input_is_one_line_on_stderr_and_writes_nothing(ckpt, tmp_path, caps
 def test_runs_as_python_dash_m_model_attention(ckpt, tmp_path):
     png = tmp_path / "att.png"
     result = subprocess.run(
-        [sys.executable, "-m", "model.attention", f"--checkpoint={ckpt}", "--start=ROMEO:", f"--out={png}"],
+        [sys.executable, "-m", "model.visualize", f"--checkpoint={ckpt}", "--start=ROMEO:", f"--out={png}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # in particular no runpy warning about model.attention being imported twice
+    assert result.stderr == ""  # in particular no runpy warning about model.nn.attention being imported twice
     assert "3 layer(s) x 2 head(s), 6 tokens" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from model.generate import generate, prepare_for_sampling
-from model.gpt import GPT
-from model.rowdot import huge_page_buffer
+from model.sampling.generate import generate, prepare_for_sampling
+from model.nn.gpt import GPT
+from model.kernels.decode import huge_page_buffer
 
 
 def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from model import hf
+    from model import huggingface as hf
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from model import rowdot
+    from model.kernels import build as rowdot
     from model.device import keep_freed_memory
-    from model.dropout import dropout
-    from model.layers import LayerNorm, Linear, gelu_tanh
-    from model.softmax import attention_weights
+    from model.kernels.dropout import dropout
+    from model.nn.layers import LayerNorm, Linear, gelu_tanh
+    from model.kernels.attention_probs import attention_weights
 
     if rowdot.kernels() is None:
         print("error: the C kernels could not be built here (no C compiler?)", file=sys.stderr)

@@ -91,9 +91,9 @@ def check_costs(values: dict[str, str]) -> None:
 
     import torch
 
-    from model import nonfinite
+    from model.training import nonfinite
     from model.config import load_config
-    from model.trainer import Trainer
+    from model.training.trainer import Trainer
 
     trainer = Trainer(*load_config(None, {**values, "init_from": "scratch", "max_iters": "0"}), quiet=True)
     g = torch.Generator().manual_seed(0)
@@ -120,8 +120,8 @@ def memory_probe(values: dict[str, str]) -> None:
     import resource
 
     from model.config import load_config
-    from model.memory import estimate_training_memory
-    from model.trainer import Trainer
+    from model.training.memory import estimate_training_memory
+    from model.training.trainer import Trainer
 
     model_config, config = load_config(None, {**values, **MEMORY_PROBE, "init_from": "scratch"})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -137,7 +137,7 @@ def memory_probe(values: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from model.cli import OneLineArgumentParser
-    from model.data import prepare
+    from model.data.dataset import prepare
 
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasets
 
-    from model.hfdata import HFSource, prepare_hf
-    from model.tokenizer import TiktokenTokenizer
+    from model.data.hf_datasets import HFSource, prepare_hf
+    from model.data.tokenizer import TiktokenTokenizer
 
     text = Path(args.input).read_text(encoding="utf-8")
     if args.doc_chars > 0:

@@ -27,7 +27,7 @@ import torch
 
 from model.cli import OneLineArgumentParser, guarded
 from model.config import GPTConfig, load_config
-from model.data import atomic_write_bytes
+from model.files import atomic_write_bytes
 from model.device import resolve_device, resolve_dtype
 from model.errors import TinyGPTError
 
@@ -104,7 +104,7 @@ def machine() -> dict[str, Any]:
 
 def train_once(config_path: str | None, overrides: list[str], setting: list[str], out_dir: Path) -> dict[str, Any]:
     """Train once in out_dir (fresh metrics) and summarise speed and losses from its metrics.jsonl."""
-    from model.trainer import Trainer
+    from model.training.trainer import Trainer
 
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     flags = overrides + setting + BENCH_FLAGS + [f"--out_dir={out_dir}"]

@@ -19,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.dropout import dropout
-from model.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
-from model.softmax import attention_weights, kernel_applies
+from model.kernels.dropout import dropout
+from model.nn.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
+from model.kernels.attention_probs import attention_weights, kernel_applies
 
 
 class KVCache:
@@ -217,7 +217,3 @@ def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, de
     return mask
 
 
-if __name__ == "__main__":  # python -m model.attention: draw a checkpoint's attention patterns
-    from model.visualize import attention_main
-
-    raise SystemExit(attention_main())

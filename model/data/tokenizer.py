@@ -6,18 +6,9 @@ dataset's meta.json and in every checkpoint, so sampling always decodes with the
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from model.errors import TinyGPTError
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-    eot_token: int | None
-
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids: list[int]) -> str: ...
-    def to_meta(self) -> dict[str, Any]: ...
 
 
 class CharTokenizer:
@@ -73,9 +64,6 @@ class TiktokenTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)

@@ -6,8 +6,8 @@ import contextlib
 
 import torch
 
-from model.data import TokenDataset
-from model.gpt import GPT, IGNORE_INDEX
+from model.data.dataset import TokenDataset
+from model.nn.gpt import GPT, IGNORE_INDEX
 from model.progress import progress
 
 

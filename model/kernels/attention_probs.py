@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model import rowdot
-from model.dropout import dropout_seed, dropout_threshold
+from model.kernels import build as rowdot
+from model.kernels.dropout import dropout_seed, dropout_threshold
 
 
 def _forward(scores: Tensor, offset: int, scale: float, p: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -17,14 +17,98 @@ its PyTorch path's (which rounds every intermediate to bfloat16) in the last bit
 from __future__ import annotations
 
 import ctypes
+import mmap
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from model.attention import KVCache
-from model.gpt import GPT
-from model.layers import gelu_tanh, relu_squared
+import torch.nn.functional as F
+
+from model.kernels import build
+
+def rowdot(weight: Tensor, x: Tensor, bias: Tensor | None, lib: ctypes.CDLL) -> Tensor:
+    """weight (out, in), float32 or bfloat16 and contiguous, times one row x (in,) -> (out,) float32."""
+    fn = lib.rowdot_bf16 if weight.dtype == torch.bfloat16 else lib.rowdot_f32
+    x = x.float().contiguous()
+    b = None if bias is None else bias.float().contiguous()
+    y = torch.empty(weight.size(0), dtype=torch.float32)
+    fn(weight.data_ptr(), x.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), weight.size(0), weight.size(1))
+    return y
+
+
+class RowDotLinear(nn.Module):
+    """nn.Linear (same parameters, same names) whose one-row inputs go through the C row-dot kernel;
+    anything larger (a prompt, a batch) goes through F.linear as before."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the same Parameter, so tied weights stay tied
+        self.bias = linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
+                or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
+            return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
+        y = rowdot(w, x.reshape(-1), self.bias, build.kernels())  # (out,)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+
+HUGE_PAGE = 2 * 2**20
+
+
+def huge_page_buffer(nbytes: int) -> Tensor | None:
+    """An uninitialised uint8 tensor of nbytes, starting on a 2 MB boundary, that Linux backs with
+    2 MB pages (transparent huge pages on request, madvise); None where the OS has no such request.
+
+    Streaming hundreds of MB per token through 4 KB pages costs a TLB miss every 4 KB; the same
+    weights read from 2 MB pages decoded GPT-2 124M about 1.4x faster on the 2-core machine of
+    BENCHMARKS.md."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return None
+    size = (-(-nbytes // HUGE_PAGE) + 1) * HUGE_PAGE  # one page more, to align the start
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # THP skips shared memory
+    buffer.madvise(mmap.MADV_HUGEPAGE)  # before the first write, so the pages are huge from the start
+    raw = torch.frombuffer(buffer, dtype=torch.uint8)  # views of it keep the mapping alive
+    start = -raw.data_ptr() % HUGE_PAGE
+    return raw[start : start + nbytes]
+
+
+def move_to_huge_pages(params: list[nn.Parameter]) -> None:
+    """Move the parameters' data, each row-major, into one huge-page buffer (a no-op without one)."""
+    sizes = [-(-p.nbytes // 64) * 64 for p in params]  # every tensor starts on a cache line
+    raw = huge_page_buffer(sum(sizes)) if params else None
+    if raw is None:
+        return
+    offset = 0
+    for p, size in zip(params, sizes):
+        view = raw[offset : offset + p.nbytes].view(p.dtype).view(p.shape)
+        view.copy_(p.data)
+        p.data = view
+        offset += size
+
+
+def use_rowdot(model: nn.Module) -> bool:
+    """Swap every float32 / bfloat16 nn.Linear on the CPU in model for a RowDotLinear, in place.
+    Returns False (and leaves the model alone) when the kernels can't be built here."""
+    lib = build.kernels()
+    if lib is None:
+        return False
+    weights = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            weight = getattr(child, "weight", None)
+            if (isinstance(child, nn.Linear) and weight.device.type == "cpu"
+                    and weight.dtype in (torch.float32, torch.bfloat16)):
+                weights[id(weight)] = weight  # a tied head and embedding is one tensor
+                setattr(parent, name, RowDotLinear(child))
+    for weight in weights.values():
+        weight.data = weight.data.contiguous()  # row-major (out, in), as the kernel reads it
+    move_to_huge_pages(list(weights.values()))
+    return True
+
 
 P = ctypes.c_void_p
 
@@ -55,7 +139,7 @@ class FastDecoder:
     """decode_step bound to one prepared GPT: its weights' addresses, float32 copies of its small
     vectors, and scratch memory. Build it with `FastDecoder.attach(model, lib)`."""
 
-    def __init__(self, model: GPT, lib: ctypes.CDLL):
+    def __init__(self, model: nn.Module, lib: ctypes.CDLL):
         config, dtype = model.config, model.lm_head.weight.dtype
         self.model, self.lib = model, lib
         self.keep: list[Tensor] = []  # everything whose address the C side holds
@@ -91,26 +175,26 @@ class FastDecoder:
         m.layers = self.layers
         m.scratch = self.address(scratch)
         self.logits = torch.empty(config.vocab_size)
-        self.bound: list[KVCache] | None = None
+        self.bound: list | None = None
         self.parameter_addresses = [p.data_ptr() for p in model.parameters()]
 
     @staticmethod
-    def supports(model: GPT) -> str | None:
+    def supports(model: nn.Module) -> str | None:
         """Why decode_step can't run this model, or None when it can."""
         dtype = model.lm_head.weight.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             return f"{dtype} weights"
+        if model.config.activation not in ("gelu", "relu2"):
+            return "an activation other than GELU (tanh) or ReLU²"
         if any(p.device.type != "cpu" for p in model.parameters()):
             return "weights not on the CPU"
         for block in model.transformer.h:
-            if block.mlp.activation not in (gelu_tanh, relu_squared):
-                return "an activation other than GELU (tanh) or ReLU²"
             if not all(hasattr(m, "normalized_shape") for m in (block.ln_1, block.ln_2)):
                 return "a norm other than LayerNorm or RMSNorm"
         return None
 
     @classmethod
-    def attach(cls, model: GPT, lib: ctypes.CDLL) -> "FastDecoder | None":
+    def attach(cls, model: nn.Module, lib: ctypes.CDLL) -> "FastDecoder | None":
         """Attach a decoder to model (as model.fast_decoder) when decode_step supports it."""
         if cls.supports(model) is not None:
             return None
@@ -139,11 +223,11 @@ class FastDecoder:
     def small(self, t: Tensor | None) -> int | None:
         return None if t is None else self.address(t.detach().float().contiguous())
 
-    def matches(self, model: GPT) -> bool:
+    def matches(self, model: nn.Module) -> bool:
         """Whether model still holds the tensors this decoder was built on (not moved or recast)."""
         return model is self.model and [p.data_ptr() for p in model.parameters()] == self.parameter_addresses
 
-    def usable(self, caches: list[KVCache]) -> bool:
+    def usable(self, caches: list) -> bool:
         """Whether the caches can take one more token through decode_step (batch 1, contiguous
         buffers of the model's dtype, room left)."""
         k = caches[0].k
@@ -158,7 +242,7 @@ class FastDecoder:
             self.bound = caches
         return True
 
-    def step(self, token: int, caches: list[KVCache]) -> Tensor:
+    def step(self, token: int, caches: list) -> Tensor:
         """Logits (1, vocab), float32, for one token following the caches' contents, which it extends."""
         past = caches[0].length
         self.lib.decode_step(ctypes.byref(self.description), token, past, past, self.logits.data_ptr())

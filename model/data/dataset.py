@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import tokenizer as tokenizers
-from model.errors import TinyGPTError, read_json
+from model.data import tokenizer as tokenizers
+from model.errors import TinyGPTError
+from model.files import atomic_write_bytes, read_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -45,24 +46,6 @@ KNOWN_DATASETS = {
     "shakespeare_char": Source(TINYSHAKESPEARE_URL, "char", TINYSHAKESPEARE_ENV),
     "shakespeare": Source(TINYSHAKESPEARE_URL, "gpt2", TINYSHAKESPEARE_ENV),
 }
-
-
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`: readers see the
-    old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # e.g. disk full: the old file (if any) is untouched
-        tmp.unlink(missing_ok=True)
-        raise TinyGPTError(f"could not write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_corpus(path: str | Path) -> str:
@@ -306,7 +289,7 @@ class TokenDataset:
     def windows(self, split: str, block_size: int) -> tuple[Tensor, Tensor]:
         """Every token of a split once as a target: non-overlapping windows of block_size, the last one
         shorter and right-padded with IGNORE_INDEX targets. Returns x, y of shape (N, block_size)."""
-        from model.gpt import IGNORE_INDEX
+        from model.nn.gpt import IGNORE_INDEX
 
         data = self.splits[split].concatenated()
         self._check_ids(data, split)

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data import atomic_write_bytes, token_dtype
+from model.data.dataset import token_dtype
+from model.files import atomic_write_bytes
 from model.errors import TinyGPTError
-from model.tokenizer import TiktokenTokenizer
+from model.data.tokenizer import TiktokenTokenizer
 
 DOCS_PER_TASK = 1024
 """Documents per chunk handed to a worker: large enough to amortise the inter-process hand-off."""
@@ -80,7 +81,7 @@ def tokenize_chunk(
     the chunk's document count."""
     enc = _encoder(encoding)
     # Not encode_ordinary_batch: it hands each document to a thread pool as its own task, which costs
-    # more than it saves on short documents (see docs/benchmarks/issue7.md); processes give the parallelism.
+    # more than it saves on short documents (BENCHMARKS.md); processes give the parallelism.
     encoded = [enc.encode_ordinary(text) for text in texts]
     is_val = [val_every > 0 and (first_doc + i) % val_every == 0 for i in range(len(texts))]
     out = []

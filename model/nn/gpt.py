@@ -9,17 +9,15 @@ GPT-2's (transformer.h.0.attn.c_attn.weight, ...) so its checkpoints map onto th
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention import KVCache, MultiHeadAttention
+from model.nn.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
-from model.dropout import Dropout, dropout_add
-from model.layers import ACTIVATIONS, Linear, make_norm
+from model.kernels.dropout import Dropout, dropout_add
+from model.nn.layers import ACTIVATIONS, Linear, make_norm
 
 IGNORE_INDEX = -1
 """Targets equal to this (e.g. padding) don't count towards the loss."""
@@ -166,12 +164,6 @@ class GPT(nn.Module):
         """One (B, n_head, T, T) attention pattern per layer, from the explicit attention path."""
         _, patterns = self._hidden(idx, None, need_weights=True)
         return patterns
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "GPT":
-        from model.checkpoint import load_model
-
-        return load_model(path, device)[0]
 
 
 def positions(past: int, T: int, key_padding_mask: Tensor | None, device: torch.device) -> Tensor:

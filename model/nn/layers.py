@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import rowdot
+from model.kernels import build as rowdot
 
 ROPE_BASE = 10000.0
 """Wavelength scale of the rotary frequencies, as in the RoFormer paper."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from model.gpt import GPT
+from model.nn.gpt import GPT
 
 
 def sample_next(
@@ -72,13 +72,11 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot:
     """
     model.to(dtype).eval()
     if rowdot and model.lm_head.weight.device.type == "cpu":
-        from model.rowdot import use_rowdot
+        from model.kernels import build
+        from model.kernels.decode import FastDecoder, use_rowdot
 
         if use_rowdot(model):
-            from model.fastdecode import FastDecoder
-            from model.rowdot import kernels
-
-            FastDecoder.attach(model, kernels())
+            FastDecoder.attach(model, build.kernels())
             return model
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -202,7 +200,7 @@ def generate_text(
     """Yield (row, text) pieces of each prompt's continuation as its tokens arrive, decoding with
     tokenizer `tok`. A row ends at its first stop string (left out of the text); generation ends
     when every row has, or after max_new_tokens. The same seed gives the same text."""
-    from model.tokenizer import StreamDecoder
+    from model.data.tokenizer import StreamDecoder
 
     device = model.lm_head.weight.device
     generator = torch.Generator(device=device)

@@ -13,18 +13,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import checkpoint, data, memory, nonfinite, signals
+from model import checkpoint
+from model.data import dataset as data
+from model.training import memory
+from model.training import nonfinite
+from model.training import signals
 from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
-from model.distributed import Distributed
+from model.training.distributed import Distributed
 from model.errors import TinyGPTError
-from model.evaluate import estimate_loss, split_loss
-from model.gpt import GPT
-from model.logger import RunLogger, sample_text
-from model.mfu import MFUMeter
-from model.optim import learning_rate, make_optimizer
-from model.report import Report
-from model.resume import model_config_for_resume
+from model.training.evaluate import estimate_loss, split_loss
+from model.nn.gpt import GPT
+from model.training.logger import RunLogger, sample_text
+from model.training.mfu import MFUMeter
+from model.training.optim import learning_rate, make_optimizer
+from model.nn.report import Report
+from model.training.resume import model_config_for_resume
 
 
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
@@ -164,7 +168,7 @@ class Trainer:
             tqdm.write(message, file=sys.stdout)
 
     def _load_pretrained(self, name_or_dir: str) -> GPT:
-        from model.hf import load_pretrained
+        from model.huggingface import load_pretrained
 
         model, tok = load_pretrained(name_or_dir)
         if tok.to_meta() != self.tokenizer_meta:

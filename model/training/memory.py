@@ -33,7 +33,7 @@ CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 def count_parameters(model_config: GPTConfig) -> int:
     """Parameters of the GPT that model_config describes (tied tables counted once), from the parameter
     report's analytic count: nothing is allocated, even for a 175B config."""
-    from model.report import Report
+    from model.nn.report import Report
 
     return Report(model_config).total
 

@@ -31,12 +31,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-KERNELS = Path(__file__).parent / "kernels"
+KERNELS = Path(__file__).parent
 SOURCES = sorted(KERNELS.glob("*.c"))  # all built into one library
 HEADERS = sorted(KERNELS.glob("*.h"))  # part of the cache key: an edited header means a rebuild
 # first the fastest build; each later one drops a flag some compilers lack (-march=native on some
@@ -136,88 +134,3 @@ def eager_on_cpu(x: Tensor) -> bool:
 def kernels_usable(x: Tensor) -> bool:
     """Whether the C kernels can take x (float32 or bfloat16, eager, on a CPU, and built here)."""
     return x.dtype in (torch.float32, torch.bfloat16) and eager_on_cpu(x) and kernels() is not None
-
-
-def rowdot(weight: Tensor, x: Tensor, bias: Tensor | None, lib: ctypes.CDLL) -> Tensor:
-    """weight (out, in), float32 or bfloat16 and contiguous, times one row x (in,) -> (out,) float32."""
-    fn = lib.rowdot_bf16 if weight.dtype == torch.bfloat16 else lib.rowdot_f32
-    x = x.float().contiguous()
-    b = None if bias is None else bias.float().contiguous()
-    y = torch.empty(weight.size(0), dtype=torch.float32)
-    fn(weight.data_ptr(), x.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), weight.size(0), weight.size(1))
-    return y
-
-
-class RowDotLinear(nn.Module):
-    """nn.Linear (same parameters, same names) whose one-row inputs go through the C row-dot kernel;
-    anything larger (a prompt, a batch) goes through F.linear as before."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight  # the same Parameter, so tied weights stay tied
-        self.bias = linear.bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
-        if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
-                or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
-            return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
-        y = rowdot(w, x.reshape(-1), self.bias, kernels())  # (out,)
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-
-
-HUGE_PAGE = 2 * 2**20
-
-
-def huge_page_buffer(nbytes: int) -> Tensor | None:
-    """An uninitialised uint8 tensor of nbytes, starting on a 2 MB boundary, that Linux backs with
-    2 MB pages (transparent huge pages on request, madvise); None where the OS has no such request.
-
-    Streaming hundreds of MB per token through 4 KB pages costs a TLB miss every 4 KB; the same
-    weights read from 2 MB pages decoded GPT-2 124M about 1.4x faster on the 2-core machine of
-    BENCHMARKS.md."""
-    import mmap
-
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return None
-    size = (-(-nbytes // HUGE_PAGE) + 1) * HUGE_PAGE  # one page more, to align the start
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # THP skips shared memory
-    buffer.madvise(mmap.MADV_HUGEPAGE)  # before the first write, so the pages are huge from the start
-    raw = torch.frombuffer(buffer, dtype=torch.uint8)  # views of it keep the mapping alive
-    start = -raw.data_ptr() % HUGE_PAGE
-    return raw[start : start + nbytes]
-
-
-def move_to_huge_pages(params: list[nn.Parameter]) -> None:
-    """Move the parameters' data, each row-major, into one huge-page buffer (a no-op without one)."""
-    sizes = [-(-p.nbytes // 64) * 64 for p in params]  # every tensor starts on a cache line
-    raw = huge_page_buffer(sum(sizes)) if params else None
-    if raw is None:
-        return
-    offset = 0
-    for p, size in zip(params, sizes):
-        view = raw[offset : offset + p.nbytes].view(p.dtype).view(p.shape)
-        view.copy_(p.data)
-        p.data = view
-        offset += size
-
-
-def use_rowdot(model: nn.Module) -> bool:
-    """Swap every float32 / bfloat16 nn.Linear on the CPU in model for a RowDotLinear, in place.
-    Returns False (and leaves the model alone) when the kernels can't be built here."""
-    lib = kernels()
-    if lib is None:
-        return False
-    weights = {}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            weight = getattr(child, "weight", None)
-            if (isinstance(child, nn.Linear) and weight.device.type == "cpu"
-                    and weight.dtype in (torch.float32, torch.bfloat16)):
-                weights[id(weight)] = weight  # a tied head and embedding is one tensor
-                setattr(parent, name, RowDotLinear(child))
-    for weight in weights.values():
-        weight.data = weight.data.contiguous()  # row-major (out, in), as the kernel reads it
-    move_to_huge_pages(list(weights.values()))
-    return True

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import BEST
-from model.data import atomic_write_bytes
+from model.files import atomic_write_bytes
 from model.errors import TinyGPTError
 
 SAMPLE_COLUMNS = ["iter", "val_loss", "text"]
@@ -68,7 +68,7 @@ class RunLogger:
         if resume_iter is None or not self.path.is_file():
             self.path.unlink(missing_ok=True)
             return 0.0
-        from model.plots import read_metrics  # (imports matplotlib, which takes a second)
+        from model.training.plots import read_metrics  # (imports matplotlib, which takes a second)
 
         kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_iter]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
@@ -85,7 +85,7 @@ class RunLogger:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if "val_loss" in metrics:
-                from model.plots import plot_loss  # matplotlib takes a second to import: only when drawing
+                from model.training.plots import plot_loss  # matplotlib takes a second to import: only when drawing
 
                 plot_loss(self.out_dir)
         except OSError as e:
@@ -137,8 +137,8 @@ class RunLogger:
 def sample_text(model: torch.nn.Module, tokenizer, n_tokens: int, device: str, seed: int) -> str:
     """A short sample from the model as it is now, from the same seed each time (so samples logged
     at successive evaluations differ because the model changed, not the dice)."""
-    from model.generate import generate
-    from model.tokenizer import StreamDecoder
+    from model.sampling.generate import generate
+    from model.data.tokenizer import StreamDecoder
 
     if tokenizer.eot_token is not None:
         start = [tokenizer.eot_token]

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import rowdot
+from model.kernels import build as rowdot
 
 
 def dropout_seed() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from model.data import atomic_write_bytes
+from model.files import atomic_write_bytes
 
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"

@@ -1,0 +1,1 @@
+"""Corpora and tokenizers: preparing datasets on disk and reading batches from them."""

@@ -1,0 +1,198 @@
+"""GPT-2 checkpoints in Hugging Face transformers' format, in and out.
+
+A `save_pretrained` folder holds config.json (GPT2Config) and model.safetensors (or, from older
+versions, pytorch_model.bin). Our parameter names are GPT-2's, so the mapping is one to one except
+that GPT-2 stores its linear layers as Conv1D, whose weight is (in, out): the transpose of
+nn.Linear's (out, in). GPT-2's tokenizer is tiktoken's "gpt2" encoding.
+
+Exported folders also carry tinygpt_tokenizer.json, so a model trained on, say, characters comes
+back with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.data import tokenizer as tokenizers
+from model.config import GPTConfig
+from model.errors import TinyGPTError
+from model.files import read_json
+from model.nn.gpt import GPT
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+"""GPT-2 parameters stored as Conv1D, (in, out), transposed relative to our nn.Linear."""
+TOKENIZER_FILE = "tinygpt_tokenizer.json"
+HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+"""OpenAI's GPT-2 sizes on the Hugging Face hub (any other hub id of a GPT-2 model works too)."""
+
+
+def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
+    """Our GPTConfig for a transformers GPT2Config dict; refuses options our model doesn't have."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise TinyGPTError(f"only GPT-2 checkpoints can be loaded, this one is model_type '{hf.get('model_type')}'")
+    n_embd = hf.get("n_embd", 768)
+    n_inner = hf.get("n_inner") or 4 * n_embd
+    unsupported = {
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+        "reorder_and_upcast_attn": (hf.get("reorder_and_upcast_attn", False), (False,)),
+    }
+    for key, (value, allowed) in unsupported.items():
+        if value not in allowed:
+            raise TinyGPTError(f"GPT-2 option {key}={value!r} is not supported (expected {allowed[0]!r})")
+    if n_inner % n_embd != 0:
+        raise TinyGPTError(f"GPT-2 n_inner={n_inner} is not a multiple of n_embd={n_embd}")
+    return GPTConfig(
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        block_size=hf.get("n_positions", 1024),
+        vocab_size=hf.get("vocab_size", 50257),
+        dropout=0.0,
+        bias=True,
+        tie_weights=hf.get("tie_word_embeddings", True),
+        mlp_ratio=n_inner // n_embd,
+    )
+
+
+def config_to_hf(config: GPTConfig) -> dict[str, Any]:
+    """The config.json transformers expects for a GPT2LMHeadModel of our shape."""
+    if not config.bias:
+        raise TinyGPTError("GPT-2 has biases in every linear layer and LayerNorm; a bias=False model can't be exported")
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.mlp_ratio * config.n_embd,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "torch_dtype": "float32",
+    }
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    safetensors_path, bin_path = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors_path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(safetensors_path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {str(e)[:200]}") from None
+    if bin_path.is_file():
+        try:
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise TinyGPTError(f"refusing to load {bin_path}: it holds objects other than tensors") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {str(e)[:200]}") from None
+    raise TinyGPTError(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded checkpoints aren't supported)")
+
+
+def state_dict_from_hf(weights: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """transformers' GPT-2 tensors -> our state dict (keys with or without the 'transformer.' prefix)."""
+    out = {}
+    for key, value in weights.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers stored by old transformers versions, not parameters
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        out[name] = value.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else value
+    if config.tie_weights:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+def gpt_from_hf(hf_config: dict[str, Any], weights: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
+    """Our GPT holding a transformers GPT-2's weights, from its config dict and state dict (e.g.
+    `gpt_from_hf(m.config.to_dict(), m.state_dict())` for a GPT2LMHeadModel m in memory)."""
+    config = config_from_hf(hf_config)
+    model = GPT(config)
+    missing, unexpected = model.load_state_dict(state_dict_from_hf(weights, config), strict=False)
+    if missing or unexpected:
+        problem = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise TinyGPTError(f"{source}: weights don't match config.json ({problem})")
+    return model
+
+
+def load_pretrained(
+    name_or_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer]:
+    """A GPT-2 model and its tokenizer from a save_pretrained folder, or from the hub by name
+    (gpt2, gpt2-medium, ...) when it is reachable."""
+    folder = Path(name_or_dir)
+    if not folder.is_dir():
+        folder = download(str(name_or_dir))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise TinyGPTError(f"{folder} has no config.json; expected a transformers save_pretrained folder")
+    hf_config = read_json(config_path)
+    model = gpt_from_hf(hf_config, _read_weights(folder), str(folder))
+    config = model.config
+    tok_path = folder / TOKENIZER_FILE
+    tok = tokenizers.from_meta(read_json(tok_path)) if tok_path.is_file() else tokenizers.TiktokenTokenizer("gpt2")
+    if tok.vocab_size > config.vocab_size:
+        raise TinyGPTError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}")
+    return model.to(device), tok
+
+
+def download(name: str) -> Path:
+    """The local snapshot folder of hub model `name` (config.json and weights only)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
+    except ImportError:
+        raise TinyGPTError(f"'{name}' is not a folder, and huggingface_hub is not installed to download it") from None
+    except Exception as e:  # offline, unknown name, ...: one line, not a traceback
+        raise TinyGPTError(
+            f"'{name}' is not a folder and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}); known names: {', '.join(HUB_NAMES)}"
+        ) from None
+
+
+def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
+    """Write `model` as a transformers GPT-2 folder (config.json, model.safetensors) that
+    GPT2LMHeadModel.from_pretrained loads; with `tok`, also tinygpt_tokenizer.json."""
+    from safetensors.torch import save
+
+    from model.checkpoint import unwrap
+    from model.files import atomic_write_bytes
+
+    model = unwrap(model)
+    hf_config = config_to_hf(model.config)
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinyGPTError(f"could not create {folder}: {e.strerror or e}") from None
+    tensors = {}
+    for name, value in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_weights:
+            continue  # the same tensor as transformer.wte.weight; transformers re-ties it
+        value = value.detach().float().cpu()
+        tensors[name] = (value.t() if name.endswith(CONV1D_SUFFIXES) else value).contiguous()
+    atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(folder / "config.json", (json.dumps(hf_config, indent=2) + "\n").encode())
+    if tok is not None:
+        atomic_write_bytes(folder / TOKENIZER_FILE, json.dumps(tok.to_meta()).encode())
+    return folder

@@ -1,0 +1,1 @@
+"""Tools over finished runs: comparing runs, pictures of attention."""

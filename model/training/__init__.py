@@ -1,0 +1,1 @@
+"""Training: the loop, optimizers, evaluation, logging, checkpoints on signals, several processes."""
