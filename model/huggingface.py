@@ -176,7 +176,7 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     from safetensors.torch import save
 
     from model.checkpoint import unwrap
-    from model.files import atomic_write_bytes
+    from model.files import atomic_write_bytes, write_json
 
     model = unwrap(model)
     hf_config = config_to_hf(model.config)
@@ -192,7 +192,7 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
         value = value.detach().float().cpu()
         tensors[name] = (value.t() if name.endswith(CONV1D_SUFFIXES) else value).contiguous()
     atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    atomic_write_bytes(folder / "config.json", (json.dumps(hf_config, indent=2) + "\n").encode())
+    write_json(folder / "config.json", hf_config)
     if tok is not None:
         atomic_write_bytes(folder / TOKENIZER_FILE, json.dumps(tok.to_meta()).encode())
     return folder

@@ -10,7 +10,6 @@ of the text (by characters) is the training split and the last 10% the validatio
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
-from model.files import atomic_write_bytes, read_json
+from model.files import atomic_write_bytes, read_json, write_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -136,7 +135,7 @@ def prepare(
         "source": str(path),
         "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-    atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(folder / "meta.json", meta)
     return meta
 
 

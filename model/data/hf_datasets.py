@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import multiprocessing
 import signal
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.data.dataset import token_dtype
-from model.files import atomic_write_bytes
+from model.files import atomic_write_bytes, write_json
 from model.errors import TinyGPTError
 from model.data.tokenizer import TiktokenTokenizer
 
@@ -280,7 +279,7 @@ def prepare_hf(
                    "val_split": source.val_split, "text_column": source.text_column, "data_files": data_files,
                    "val_every": val_every},
     }
-    atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(folder / "meta.json", meta)
     return meta
 
 

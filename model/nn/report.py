@@ -254,7 +254,7 @@ class Report:
             f"  {'forward FLOPs':<26}{_si(self.forward_flops, 'FLOP'):>22}{_si(approx_forward, 'FLOP'):>22}",
             f"  {'training FLOPs (3x fwd)':<26}{_si(self.training_flops, 'FLOP'):>22}"
             f"{_si(self.approx_training_flops, 'FLOP'):>22}",
-            f"  approximation: forward 2N + 4·L·T·d, training 6N + 12·L·T·d, N = non-embedding parameters;",
+            "  approximation: forward 2N + 4·L·T·d, training 6N + 12·L·T·d, N = non-embedding parameters;",
             f"  exact counts the LM head's matmul ({_si(6 * c.vocab_size * c.n_embd, 'FLOP')} of training) and no "
             f"biases or norms",
             "",
@@ -283,6 +283,17 @@ class Report:
             f"training FLOPs per token: {_si(self.training_flops, 'FLOP')} "
             f"(6N + 12·L·T·d: {_si(self.approx_training_flops, 'FLOP')})"
         )
+
+
+def count_parameters(config: GPTConfig) -> int:
+    """Parameters of the GPT that config describes (a tied table counted once), without building it."""
+    return Report(config).total
+
+
+def flops_per_token(config: GPTConfig) -> int:
+    """Training FLOPs (forward and backward) per token over a full context: what the report shows, and
+    what the trainer's MFU and the training benchmark divide by."""
+    return Report(config).training_flops
 
 
 def _row(name: str, shape: str, weights: str, biases: str, total: str, per_head: str) -> str:

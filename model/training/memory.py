@@ -23,19 +23,12 @@ import torch
 
 from model.config import GPTConfig, TrainConfig
 from model.errors import TinyGPTError
+from model.nn.report import count_parameters
 
 BYTES_PER_PARAM = 4 + 4 + 8
 """float32 weight, float32 gradient, AdamW's exp_avg and exp_avg_sq."""
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 """A container's memory limit (cgroup v2), often smaller than the host's RAM."""
-
-
-def count_parameters(model_config: GPTConfig) -> int:
-    """Parameters of the GPT that model_config describes (tied tables counted once), from the parameter
-    report's analytic count: nothing is allocated, even for a 175B config."""
-    from model.nn.report import Report
-
-    return Report(model_config).total
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype
     per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
     activations = model_config.n_layer * per_layer_16bit * activation_size // 2
     logits = 3 * B * T * model_config.vocab_size * 4
-    n_params = count_parameters(model_config)
+    n_params = count_parameters(model_config)  # from the config: nothing is allocated, even for 175B
     return MemoryEstimate(n_params, n_params * BYTES_PER_PARAM, activations + logits)
 
 
