@@ -23,6 +23,7 @@ from model.nn.gpt import GPT
 LATEST = "ckpt.pt"
 BEST = "best.pt"
 FORMAT_VERSION = 1
+"""Stored in every checkpoint as "format_version", so that a later layout can be told from this one."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

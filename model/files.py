@@ -1,7 +1,8 @@
 """Reading and writing the project's files: whole-file atomic writes and JSON that the user gave us.
 
 Every file a run or a tool writes (checkpoints, datasets, config.json, plots) goes through
-`atomic_write_bytes`, so a reader (or a crash) sees the old file or the new one, never half of one.
+`atomic_write`, so a reader (or a crash) sees the old file or the new one, never half of one. The
+one exception is metrics.jsonl, which grows a line at a time (its reader skips a torn last line).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bad input ends in one clear line on stderr and a non-zero exit: no traceback, no half-written file.
 
-One test per case from issue 8. The command-line entry points run in-process (`train_main([...])`,
+One test per kind of bad input. The command-line entry points run in-process (`train_main([...])`,
 the same function train.py calls), so each case costs a fraction of a second.
 """
 

@@ -2,9 +2,9 @@
 
 `python -m model.report CONFIG` prints it (model/cli.py).
 
-Every count follows the shapes in model/gpt.py and model/attention.py, so a 175B config reports in
-well under a second and nothing is allocated (tests/test_report.py checks the counts against
-sum(p.numel()) of real models). Each component is one small function below: an architecture option
+Every count follows the shapes in model/nn/gpt.py and model/nn/attention.py, so even a 175B config is
+counted without allocating anything (tests/test_report.py checks the counts against sum(p.numel())
+of real models). Each component is one small function below: an architecture option
 (another norm, no position table, another MLP) changes the count in the function it touches.
 """
 

@@ -150,11 +150,7 @@ class Trainer:
         if position is not None:
             self.batch_generator.set_state(position["batch_generator"])
             self.windows_drawn = int(position["windows_drawn"])
-        states = resume.get("rng")
-        if isinstance(states, dict):  # written by a version that kept one state, and the sampler's, there
-            if "batches" in states:
-                self.batch_generator.set_state(states["batches"])
-            states = [states]
+        states = resume.get("rng")  # one state per rank that wrote the checkpoint
         if not states:
             return
         if len(states) == self.dist.world_size:
