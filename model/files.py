@@ -16,6 +16,17 @@ from typing import Any, BinaryIO
 from model.errors import TinyGPTError
 
 
+def make_folder(path: str | Path, what: str = "folder") -> Path:
+    """Create the folder `path` (and its parents) unless it exists; a TinyGPTError naming it (as
+    `what`, e.g. 'dataset folder') when it can't be created."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinyGPTError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def temporary_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place: beside it, hidden, named after this
     process (so that remove_stale_temporaries can tell a live writer's file from a dead one's)."""

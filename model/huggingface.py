@@ -176,15 +176,11 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     from safetensors.torch import save
 
     from model.checkpoint import unwrap
-    from model.files import atomic_write_bytes, write_json
+    from model.files import atomic_write_bytes, make_folder, write_json
 
     model = unwrap(model)
     hf_config = config_to_hf(model.config)
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"could not create {folder}: {e.strerror or e}") from None
+    folder = make_folder(folder)
     tensors = {}
     for name, value in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_weights:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
-from model.files import atomic_write_bytes, read_json, write_json
+from model.files import atomic_write_bytes, make_folder, read_json, write_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -107,13 +107,9 @@ def prepare(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
-    folder = Path(data_dir) / dataset
+    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"cannot create dataset folder {folder}: {e.strerror}") from None
     path = resolve_input(dataset, input_path, url, folder)
     text = read_corpus(path)
     tok = tokenizers.make(kind, text)

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.data.dataset import token_dtype
-from model.files import atomic_write_bytes, write_json
+from model.files import atomic_write_bytes, make_folder, write_json
 from model.errors import TinyGPTError
 from model.data.tokenizer import TiktokenTokenizer
 
@@ -242,11 +242,7 @@ def prepare_hf(
         raise TinyGPTError(f"--val_fraction must be in (0, 0.5], got {val_fraction}")
     tok = TiktokenTokenizer(encoding)
     dtype = token_dtype(tok.vocab_size)
-    folder = Path(data_dir) / dataset
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"cannot create dataset folder {folder}: {e.strerror}") from None
+    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
     (folder / "meta.json").unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
 
     writers = (ShardWriter(folder, "train", dtype, shard_tokens), ShardWriter(folder, "val", dtype, shard_tokens))
