@@ -16,7 +16,7 @@ import torch
 
 from model import config as configs
 from model.data import tokenizer as tokenizers
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, first_line
 from model.files import atomic_write, write_json
 from model.nn.gpt import GPT
 
@@ -56,13 +56,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TinyGPTError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, and loading them "
-            f"could run code ({first[:160]})"
+            f"could run code ({first_line(e, 160)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e)[:200]}") from None
+        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {first_line(e, 200)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise TinyGPTError(f"{path} is not a tinygpt checkpoint (no model weights or config inside)")
     return ckpt
@@ -96,7 +95,7 @@ def load_model(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise TinyGPTError(f"checkpoint weights don't match its config: {str(e).splitlines()[0]}") from None
+        raise TinyGPTError(f"checkpoint weights don't match its config: {first_line(e)}") from None
     model.to(device)
     return model, tokenizers.from_meta(ckpt["tokenizer"]), ckpt
 

@@ -21,7 +21,7 @@ import torch
 
 from model.data import tokenizer as tokenizers
 from model.config import GPTConfig
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, first_line
 from model.files import read_json
 from model.nn.gpt import GPT
 
@@ -98,14 +98,14 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(safetensors_path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {str(e)[:200]}") from None
+            raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {first_line(e, 200)}") from None
     if bin_path.is_file():
         try:
             return torch.load(bin_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise TinyGPTError(f"refusing to load {bin_path}: it holds objects other than tensors") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {str(e)[:200]}") from None
+            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {first_line(e, 200)}") from None
     raise TinyGPTError(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded checkpoints aren't supported)")
 
 

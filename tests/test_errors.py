@@ -265,3 +265,11 @@ def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):
     for name in ("truncated.json", "binary.json", "folder.json", "missing.json"):
         with pytest.raises(TinyGPTError, match=name):
             read_json(tmp_path / name)
+
+
+def test_a_library_error_contributes_its_first_line():
+    from model.errors import first_line
+
+    assert first_line(ValueError("\n  no such file\nTraceback details...")) == "no such file"
+    assert first_line(ValueError("no such file"), 5) == "no su"
+    assert first_line(ValueError("")) == ""

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from model.data.dataset import token_dtype
 from model.files import atomic_write_bytes, make_folder, write_json
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, first_line
 from model.data.tokenizer import TiktokenTokenizer
 
 DOCS_PER_TASK = 1024
@@ -140,10 +140,9 @@ def open_split(source: HFSource, split: str, streaming: bool, data_files: str | 
             source.path, source.config, split=split, streaming=streaming, data_files=data_files, cache_dir=cache_dir
         )
     except Exception as e:  # the library raises many types (missing files, no network, bad names)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TinyGPTError(
             f"could not load Hugging Face dataset '{source.path}'"
-            f"{f' ({source.config})' if source.config else ''} split '{split}': {type(e).__name__}: {first[:300]}"
+            f"{f' ({source.config})' if source.config else ''} split '{split}': {type(e).__name__}: {first_line(e, 300)}"
         ) from None
     columns = ds.column_names
     if columns is not None and source.text_column not in columns:
