@@ -22,6 +22,8 @@ from model.nn.gpt import GPT
 
 LATEST = "ckpt.pt"
 BEST = "best.pt"
+CONFIG_FILE = "config.json"
+"""The run's resolved config, written beside the checkpoints as JSON (model.tools.runs reads it)."""
 FORMAT_VERSION = 1
 """Stored in every checkpoint as "format_version", so that a later layout can be told from this one."""
 
@@ -101,4 +103,4 @@ def load_model(
 
 
 def write_config_json(out_dir: str | Path, values: dict[str, Any]) -> None:
-    write_json(Path(out_dir) / "config.json", values)
+    write_json(Path(out_dir) / CONFIG_FILE, values)

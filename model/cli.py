@@ -13,7 +13,6 @@ from pathlib import Path
 
 from model.config import parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
-from model.files import read_json
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -226,13 +225,12 @@ def prepare_hf_from_args(args: argparse.Namespace) -> dict:
 
 def vocab_from_dataset(data_dir: str, dataset: str) -> int | None:
     """The vocabulary of a prepared dataset (its meta.json), or None if it isn't prepared."""
-    meta_path = Path(data_dir) / dataset / "meta.json"
-    if not meta_path.is_file():
+    from model.data.dataset import META, TokenDataset
+
+    folder = Path(data_dir) / dataset
+    if not (folder / META).is_file():
         return None
-    try:
-        return int(read_json(meta_path)["vocab_size"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{meta_path} has no valid vocab_size") from None
+    return TokenDataset(folder).vocab_size
 
 
 REPORT_USAGE = """usage: python -m model.report [CONFIG.toml] [--key=value ...] [--json]

@@ -28,6 +28,8 @@ from model.progress import progress
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
 TRAIN_FRACTION = 0.9
+META = "meta.json"
+"""A prepared dataset's description (tokenizer, dtype, vocabulary, token counts), written last."""
 ENCODE_PIECE_CHARS = 1 << 20
 
 
@@ -131,7 +133,7 @@ def prepare(
         "source": str(path),
         "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-    write_json(folder / "meta.json", meta)
+    write_json(folder / META, meta)
     return meta
 
 
@@ -209,7 +211,7 @@ class TokenDataset:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        meta_path = self.folder / "meta.json"
+        meta_path = self.folder / META
         if not meta_path.is_file():
             raise TinyGPTError(
                 f"dataset not prepared: {meta_path} is missing; run `python data/prepare.py "

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.dataset import token_dtype
+from model.data.dataset import META, token_dtype
 from model.files import atomic_write_bytes, make_folder, write_json
 from model.errors import TinyGPTError, first_line
 from model.data.tokenizer import TiktokenTokenizer
@@ -242,7 +242,7 @@ def prepare_hf(
     tok = TiktokenTokenizer(encoding)
     dtype = token_dtype(tok.vocab_size)
     folder = make_folder(Path(data_dir) / dataset, "dataset folder")
-    (folder / "meta.json").unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
+    (folder / META).unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
 
     writers = (ShardWriter(folder, "train", dtype, shard_tokens), ShardWriter(folder, "val", dtype, shard_tokens))
     val_every = 0 if source.val_split else max(1, round(1 / val_fraction))
@@ -274,7 +274,7 @@ def prepare_hf(
                    "val_split": source.val_split, "text_column": source.text_column, "data_files": data_files,
                    "val_every": val_every},
     }
-    write_json(folder / "meta.json", meta)
+    write_json(folder / META, meta)
     return meta
 
 

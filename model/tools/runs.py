@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import CONFIG_FILE
 from model.errors import TinyGPTError
 from model.files import read_json
 from model.training.metrics import METRICS, read_metrics
@@ -33,7 +34,7 @@ class Run:
     @classmethod
     def load(cls, out_dir: str | Path) -> "Run":
         out_dir = Path(out_dir)
-        config_path, metrics_path = out_dir / "config.json", out_dir / METRICS
+        config_path, metrics_path = out_dir / CONFIG_FILE, out_dir / METRICS
         for path in (config_path, metrics_path):
             if not path.is_file():
                 raise TinyGPTError(f"{out_dir} is not a training run folder: {path.name} is missing")

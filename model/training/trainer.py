@@ -35,7 +35,7 @@ from model.training.resume import model_config_for_resume
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
     """The prepared dataset, preparing the known ones (e.g. Tiny Shakespeare) on first use."""
     folder = Path(config.data_dir) / config.dataset
-    if not (folder / "meta.json").is_file() and config.dataset in data.KNOWN_DATASETS:
+    if not (folder / data.META).is_file() and config.dataset in data.KNOWN_DATASETS:
         echo(f"preparing dataset '{config.dataset}' in {folder}")
         data.prepare(config.dataset, config.data_dir, quiet=quiet)
     return data.TokenDataset(folder)
