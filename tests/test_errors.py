@@ -234,7 +234,7 @@ def test_memory_beyond_the_machine_fails_before_allocating(capsys, char_data_dir
 
 
 def test_adam_beta_out_of_range(capsys, tmp_path):
-    # once a ValueError traceback from inside torch.optim.AdamW
+    # checked in the config: torch.optim.AdamW would raise a ValueError with a traceback
     fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--beta2=1.5"], "beta2 must be in [0, 1)")
 
 
@@ -248,6 +248,13 @@ def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypat
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
                         "could not write", "train.bin", "No space left on device")
     assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
+
+
+def test_dataset_folder_that_cannot_be_created(capsys, corpus, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={blocker}", f"--input={corpus}"],
+                        "cannot create dataset folder", str(blocker / "x"))
 
 
 def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):

@@ -44,7 +44,7 @@ class MemoryEstimate:
 
 def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype: torch.dtype) -> MemoryEstimate:
     B, T, C = config.batch_size, model_config.block_size, model_config.n_embd
-    activation_size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    activation_size = dtype.itemsize
     per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
     activations = model_config.n_layer * per_layer_16bit * activation_size // 2
     logits = 3 * B * T * model_config.vocab_size * 4
