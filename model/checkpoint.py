@@ -7,8 +7,6 @@ whose loading would run code). The resolved config is also written as config.jso
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,12 +16,16 @@ import torch
 
 from model import config as configs
 from model.data import tokenizer as tokenizers
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, first_line
+from model.files import atomic_write, write_json
 from model.nn.gpt import GPT
 
 LATEST = "ckpt.pt"
 BEST = "best.pt"
+CONFIG_FILE = "config.json"
+"""The run's resolved config, written beside the checkpoints as JSON (model.tools.runs reads it)."""
 FORMAT_VERSION = 1
+"""Stored in every checkpoint as "format_version", so that a later layout can be told from this one."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -33,46 +35,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save into a temporary file in the same folder, fsync, then rename over `path`, so a crash
-    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TinyGPTError(f"could not write checkpoint {path}: {e.strerror or e}; the previous one is intact") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
-    """Delete the temporary files of saves that were killed mid-write (their process is gone), so a
-    run that is killed often doesn't fill the disk with half checkpoints."""
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
-        return []
-    removed = []
-    for tmp in Path(out_dir).glob(".*.tmp*"):
-        pid = tmp.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
+    """torch.save `state` to `path` atomically: a crash at any moment leaves either the previous
+    checkpoint or the new one, never a torn file."""
+    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f), what="checkpoint")
 
 
 def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokenizer_meta: dict) -> dict[str, Any]:
@@ -93,13 +58,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TinyGPTError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, and loading them "
-            f"could run code ({first[:160]})"
+            f"could run code ({first_line(e, 160)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e)[:200]}") from None
+        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {first_line(e, 200)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise TinyGPTError(f"{path} is not a tinygpt checkpoint (no model weights or config inside)")
     return ckpt
@@ -133,12 +97,10 @@ def load_model(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise TinyGPTError(f"checkpoint weights don't match its config: {str(e).splitlines()[0]}") from None
+        raise TinyGPTError(f"checkpoint weights don't match its config: {first_line(e)}") from None
     model.to(device)
     return model, tokenizers.from_meta(ckpt["tokenizer"]), ckpt
 
 
 def write_config_json(out_dir: str | Path, values: dict[str, Any]) -> None:
-    from model.files import atomic_write_bytes
-
-    atomic_write_bytes(Path(out_dir) / "config.json", (json.dumps(values, indent=2) + "\n").encode())
+    write_json(Path(out_dir) / CONFIG_FILE, values)

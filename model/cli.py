@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from model.config import parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
-from model.files import read_json
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -48,14 +48,6 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def parse_bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
-
-
 TRAIN_USAGE = """usage: python train.py [CONFIG.toml] [--key=value ...] [--quiet]
 
 Train a GPT. The config file (optional) states what differs from the defaults below; --key=value
@@ -68,19 +60,16 @@ flags override both. Examples:
 
 @guarded
 def train_main(argv: list[str] | None = None) -> int:
-    from model.config import describe_keys, load_config
+    from model.config import describe_keys, load_config, split_config_args
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(TRAIN_USAGE)
         print(describe_keys())
         return 0
-    quiet = "--quiet" in args
-    args = [a for a in args if a != "--quiet"]
-    config_path = None
-    if args and not args[0].startswith("--"):
-        config_path = args.pop(0)
-    model_config, train_config = load_config(config_path, args)
+    config_path, overrides, switches = split_config_args(args, ("--quiet",))
+    quiet = "--quiet" in switches
+    model_config, train_config = load_config(config_path, overrides)
 
     from model.device import keep_freed_memory
     from model.training.trainer import train
@@ -236,13 +225,12 @@ def prepare_hf_from_args(args: argparse.Namespace) -> dict:
 
 def vocab_from_dataset(data_dir: str, dataset: str) -> int | None:
     """The vocabulary of a prepared dataset (its meta.json), or None if it isn't prepared."""
-    meta_path = Path(data_dir) / dataset / "meta.json"
-    if not meta_path.is_file():
+    from model.data.dataset import META, TokenDataset
+
+    folder = Path(data_dir) / dataset
+    if not (folder / META).is_file():
         return None
-    try:
-        return int(read_json(meta_path)["vocab_size"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{meta_path} has no valid vocab_size") from None
+    return TokenDataset(folder).vocab_size
 
 
 REPORT_USAGE = """usage: python -m model.report [CONFIG.toml] [--key=value ...] [--json]
@@ -257,17 +245,15 @@ def report_main(argv: list[str] | None = None) -> int:
     import dataclasses
     import json
 
-    from model.config import load_config
+    from model.config import load_config, split_config_args
     from model.nn.report import Report
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(REPORT_USAGE)
         return 0
-    as_json = "--json" in args
-    args = [a for a in args if a != "--json"]
-    config_path = args.pop(0) if args and not args[0].startswith("--") else None
-    model_config, train_config = load_config(config_path, args)
+    config_path, overrides, switches = split_config_args(args, ("--json",))
+    model_config, train_config = load_config(config_path, overrides)
     if model_config.vocab_size is None:
         vocab = vocab_from_dataset(train_config.data_dir, train_config.dataset)
         if vocab is None:
@@ -277,7 +263,7 @@ def report_main(argv: list[str] | None = None) -> int:
             )
         model_config = dataclasses.replace(model_config, vocab_size=vocab)
     report = Report(model_config, Path(config_path).stem if config_path else "defaults")
-    print(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    print(json.dumps(report.to_dict(), indent=2) if "--json" in switches else report.format())
     return 0
 
 

@@ -7,9 +7,9 @@ Flags given on the command line win over the file.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
-import json
 import math
 import tomllib
 import types
@@ -200,13 +200,15 @@ class TrainConfig:
             raise ConfigError("optimizer='muon' needs whole matrices and can't run with fsdp=True; use optimizer='adamw'")
         if self.full_eval_interval < 0:
             raise ConfigError(f"full_eval_interval must be >= 0, got {self.full_eval_interval}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")
+"""The precisions a run or a sampler can use, by their torch names (model/device.py turns one into a
+torch.dtype); the dtype key also takes 'auto'."""
 ON_NAN = ("stop", "skip")
 WANDB_MODES = ("", "online", "offline", "disabled")
 OPTIMIZERS = ("adamw", "muon")
@@ -277,6 +279,18 @@ def _finite(key: str, number: float) -> float:
     return number
 
 
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+"""What a command-line boolean may say, in any case."""
+
+
+def parse_bool(text: str) -> bool:
+    """A command-line boolean (one of BOOL_WORDS, any case); usable as an argparse `type`."""
+    try:
+        return BOOL_WORDS[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected True or False, got '{text}'") from None
+
+
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """Check (TOML values) or parse (command-line strings) `value` against the field type `hint`."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -288,8 +302,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         elif t is bool:
             if isinstance(value, bool):
                 return value
-            if from_cli and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
+            if from_cli and value.lower() in BOOL_WORDS:
+                return parse_bool(value)
         elif t is int:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
@@ -321,6 +335,17 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, str]:
         key, value = arg[2:].split("=", 1)
         out[key.replace("-", "_")] = value
     return out
+
+
+def split_config_args(
+    args: list[str] | tuple[str, ...], switches: tuple[str, ...] = ()
+) -> tuple[str | None, list[str], set[str]]:
+    """A program's `[CONFIG.toml] [--key=value ...]` arguments as (the config file or None, the
+    --key=value overrides, the given ones among the program's own `switches` such as --quiet)."""
+    given = {a for a in args if a in switches}
+    rest = [a for a in args if a not in switches]
+    path = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    return path, rest, given
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

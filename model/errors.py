@@ -15,6 +15,13 @@ class ConfigError(TinyGPTError):
     """An unknown config key, a value of the wrong type, or values that don't fit together."""
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message, cut to `limit` characters: what a library's
+    (often multi-line) error contributes to our one-line message."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the CLI prints the message and
     exits with `exit_code` (128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""

@@ -1,35 +1,87 @@
 """Reading and writing the project's files: whole-file atomic writes and JSON that the user gave us.
 
 Every file a run or a tool writes (checkpoints, datasets, config.json, plots) goes through
-`atomic_write_bytes`, so a reader (or a crash) sees the old file or the new one, never half of one.
+`atomic_write`, so a reader (or a crash) sees the old file or the new one, never half of one. The
+one exception is metrics.jsonl, which grows a line at a time (its reader skips a torn last line).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from model.errors import TinyGPTError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+def make_folder(path: str | Path, what: str = "folder") -> Path:
+    """Create the folder `path` (and its parents) unless it exists; a TinyGPTError naming it (as
+    `what`, e.g. 'dataset folder') when it can't be created."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinyGPTError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    return path
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: beside it, hidden, named after this
+    process (so that remove_stale_temporaries can tell a live writer's file from a dead one's)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: str = "") -> None:
+    """Call write(f) on a temporary file in the same folder, fsync, then rename it over `path`: a
+    crash at any moment leaves the previous file (if any) or the new one, never a torn file. `what`
+    (e.g. 'checkpoint') names the file in the error message."""
+    path = Path(path)
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # e.g. disk full: the old file (if any) is untouched
         tmp.unlink(missing_ok=True)
-        raise TinyGPTError(f"could not write {path}: {e.strerror or e}") from None
+        name = f"{what} {path}" if what else str(path)
+        intact = "; the previous one is intact" if path.exists() else ""
+        raise TinyGPTError(f"could not write {name}: {e.strerror or e}{intact}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """`data` as the whole content of `path`, written atomically."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that were killed midway (their process is gone), so a
+    run that is killed often doesn't fill the disk with half checkpoints."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
+        return []
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
 
 
 def write_json(path: str | Path, value: Any) -> None:

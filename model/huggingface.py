@@ -21,7 +21,7 @@ import torch
 
 from model.data import tokenizer as tokenizers
 from model.config import GPTConfig
-from model.errors import TinyGPTError
+from model.errors import TinyGPTError, first_line
 from model.files import read_json
 from model.nn.gpt import GPT
 
@@ -98,14 +98,14 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(safetensors_path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {str(e)[:200]}") from None
+            raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {first_line(e, 200)}") from None
     if bin_path.is_file():
         try:
             return torch.load(bin_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise TinyGPTError(f"refusing to load {bin_path}: it holds objects other than tensors") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {str(e)[:200]}") from None
+            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {first_line(e, 200)}") from None
     raise TinyGPTError(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded checkpoints aren't supported)")
 
 
@@ -176,15 +176,11 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     from safetensors.torch import save
 
     from model.checkpoint import unwrap
-    from model.files import atomic_write_bytes
+    from model.files import atomic_write_bytes, make_folder, write_json
 
     model = unwrap(model)
     hf_config = config_to_hf(model.config)
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"could not create {folder}: {e.strerror or e}") from None
+    folder = make_folder(folder)
     tensors = {}
     for name, value in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_weights:
@@ -192,7 +188,7 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
         value = value.detach().float().cpu()
         tensors[name] = (value.t() if name.endswith(CONV1D_SUFFIXES) else value).contiguous()
     atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    atomic_write_bytes(folder / "config.json", (json.dumps(hf_config, indent=2) + "\n").encode())
+    write_json(folder / "config.json", hf_config)
     if tok is not None:
         atomic_write_bytes(folder / TOKENIZER_FILE, json.dumps(tok.to_meta()).encode())
     return folder

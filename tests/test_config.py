@@ -1,6 +1,9 @@
+import argparse
+
 import pytest
 
-from model.config import GPTConfig, TrainConfig, describe_keys, from_dict, load_config, to_dict
+from model.config import (DTYPES, GPTConfig, TrainConfig, describe_keys, from_dict, load_config, parse_bool,
+                          split_config_args, to_dict)
 from model.errors import ConfigError
 
 NANOGPT_KEYS = """batch_size block_size n_layer n_head n_embd dropout bias learning_rate max_iters weight_decay
@@ -103,3 +106,34 @@ def test_help_lists_every_key_with_its_docstring():
     for key in NANOGPT_KEYS:
         assert f"--{key}=" in text
     assert "Peak learning rate." in text
+
+
+@pytest.mark.parametrize("args, switches, expected", [
+    (["configs/x.toml", "--quiet", "--n_layer=2"], ("--quiet",), ("configs/x.toml", ["--n_layer=2"], {"--quiet"})),
+    (["--n_layer=2", "--json"], ("--json",), (None, ["--n_layer=2"], {"--json"})),
+    ([], (), (None, [], set())),
+    (["configs/x.toml", "stray"], (), ("configs/x.toml", ["stray"], set())),
+])
+def test_split_config_args(args, switches, expected):
+    assert split_config_args(args, switches) == expected
+
+
+def test_one_boolean_parser_for_flags_and_config_values():
+    for text, value in (("True", True), ("yes", True), ("1", True), ("FALSE", False), ("no", False), ("0", False)):
+        assert parse_bool(text) is value
+        assert load_config(None, [f"--compile={text}"])[1].compile is value
+    with pytest.raises(argparse.ArgumentTypeError, match="expected True or False, got 'maybe'"):
+        parse_bool("maybe")
+    with pytest.raises(ConfigError, match="'compile' expects bool"):
+        load_config(None, ["--compile=maybe"])
+
+
+def test_one_table_of_dtypes_for_the_config_and_the_device():
+    import torch
+
+    from model.device import resolve_dtype
+
+    for name in DTYPES:
+        assert resolve_dtype(TrainConfig(dtype=name).dtype, "cpu") == getattr(torch, name)
+    with pytest.raises(ConfigError, match="dtype must be one of auto, float32, bfloat16, float16; got 'float64'"):
+        TrainConfig(dtype="float64")

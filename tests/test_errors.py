@@ -1,6 +1,6 @@
 """Bad input ends in one clear line on stderr and a non-zero exit: no traceback, no half-written file.
 
-One test per case from issue 8. The command-line entry points run in-process (`train_main([...])`,
+One test per kind of bad input. The command-line entry points run in-process (`train_main([...])`,
 the same function train.py calls), so each case costs a fraction of a second.
 """
 
@@ -234,7 +234,7 @@ def test_memory_beyond_the_machine_fails_before_allocating(capsys, char_data_dir
 
 
 def test_adam_beta_out_of_range(capsys, tmp_path):
-    # once a ValueError traceback from inside torch.optim.AdamW
+    # checked in the config: torch.optim.AdamW would raise a ValueError with a traceback
     fails_with_one_line(capsys, train_main, [f"--out_dir={tmp_path}/out", "--beta2=1.5"], "beta2 must be in [0, 1)")
 
 
@@ -248,6 +248,13 @@ def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypat
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
                         "could not write", "train.bin", "No space left on device")
     assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
+
+
+def test_dataset_folder_that_cannot_be_created(capsys, corpus, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={blocker}", f"--input={corpus}"],
+                        "cannot create dataset folder", str(blocker / "x"))
 
 
 def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):
@@ -265,3 +272,11 @@ def test_read_json_names_the_file_for_every_kind_of_bad_file(tmp_path):
     for name in ("truncated.json", "binary.json", "folder.json", "missing.json"):
         with pytest.raises(TinyGPTError, match=name):
             read_json(tmp_path / name)
+
+
+def test_a_library_error_contributes_its_first_line():
+    from model.errors import first_line
+
+    assert first_line(ValueError("\n  no such file\nTraceback details...")) == "no such file"
+    assert first_line(ValueError("no such file"), 5) == "no su"
+    assert first_line(ValueError("")) == ""

@@ -13,6 +13,8 @@ from conftest import tiny_overrides
 from model.training import plots
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError
+from model.nn.report import Report
+from model.training.metrics import read_metrics
 from model.training.trainer import Trainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,36 +68,37 @@ def test_new_run_starts_new_metrics_and_resume_continues_them(char_data_dir, tmp
     stale = (out / "metrics.jsonl").read_text()
     (out / "metrics.jsonl").write_text(stale + json.dumps({"iter": 99, "loss": 1.0, "wall_time": 1e6}) + "\n")
     train(char_data_dir, out, init_from="resume", max_iters=6, lr_decay_iters=6)
-    records = plots.read_metrics(out / "metrics.jsonl")
+    records = read_metrics(out / "metrics.jsonl")
     assert all(r["iter"] != 99 for r in records)  # logged after the checkpoint: dropped
     assert [r["iter"] for r in records if "val_loss" in r] == [0, 2, 4, 6]
     times = [r["wall_time"] for r in records]
     assert times == sorted(times)  # wall time continues across the restart
 
     train(char_data_dir, out)  # from scratch again: a fresh file
-    assert [r["iter"] for r in plots.read_metrics(out / "metrics.jsonl") if "val_loss" in r] == [0, 2, 4]
+    assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r] == [0, 2, 4]
 
 
 def test_read_metrics_skips_a_torn_last_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iter": 0, "val_loss": 4.0}\n{"iter": 1, "val_lo')
-    assert plots.read_metrics(path) == [{"iter": 0, "val_loss": 4.0}]
+    assert read_metrics(path) == [{"iter": 0, "val_loss": 4.0}]
 
 
-def test_flops_per_token_and_mfu():
-    from model.training.mfu import MFUMeter, flops_per_token
+def test_mfu_uses_the_reports_flops_per_token():
+    from model.nn.report import flops_per_token
+    from model.training.mfu import MFUMeter
 
     cfg = GPTConfig(n_layer=2, n_embd=32, block_size=16, n_head=2, vocab_size=10)
-    assert flops_per_token(cfg, 1000) == 6 * 1000 + 12 * 2 * 16 * 32
-    meter = MFUMeter(cfg, 1000, peak_flops=1e9, device="cpu", dtype=None)
-    assert meter(1e4) == pytest.approx(1e4 * flops_per_token(cfg, 1000) / 1e9)
-    assert MFUMeter(cfg, 1000, peak_flops=-1, device="cpu", dtype=None)(1e4) is None
+    meter = MFUMeter(cfg, peak_flops=1e9, device="cpu", dtype=None)
+    assert meter.flops_per_token == flops_per_token(cfg)
+    assert meter(1e4) == pytest.approx(1e4 * flops_per_token(cfg) / 1e9)
+    assert MFUMeter(cfg, peak_flops=-1, device="cpu", dtype=None)(1e4) is None
 
 
 def test_measured_peak_is_a_plausible_matmul_rate():
     import torch
 
-    from model.training.mfu import measure_peak_flops
+    from model.device import measure_peak_flops
 
     peak = measure_peak_flops("cpu", torch.float32, size=256, seconds=0.05)
     assert 1e7 < peak < 1e14
@@ -165,14 +168,15 @@ def test_wandb_offline_run_logs_config_metrics_samples_and_checkpoint(char_data_
     assert value(config["n_embd"]) == 32 and value(config["vocab_size"]) == trainer.dataset.vocab_size
     assert value(config["out_dir"]) == str(out)
 
-    local = plots.read_metrics(out / "metrics.jsonl")
+    local = read_metrics(out / "metrics.jsonl")
     for key in ("train_loss", "val_loss", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "full_val_loss"):
         logged = {row["iter"]: row[key] for row in history if key in row}
         expected = {r["iter"]: r[key] for r in local if key in r}
         assert logged == pytest.approx(expected), (key, logged, expected)
 
-    assert summary["params"] == trainer.model.num_params()
-    assert summary["params_non_embedding"] == trainer.model.num_params(non_embedding=True)
+    report = Report(trainer.model_config)
+    assert summary["params"] == report.total == trainer.model.num_params()
+    assert summary["params_non_embedding"] == report.non_embedding
 
     tables = [row for row in history if row.get("samples/_type") == "table-file"]
     assert [row["samples/nrows"] for row in tables] == [1, 2, 3]  # one more row per evaluation
@@ -197,7 +201,7 @@ def test_wandb_disabled_by_env_or_key_writes_only_local_files(tmp_path, monkeypa
     logger.log({"iter": 1, "loss": 2.5})
     logger.finish()
     assert not (tmp_path / "wandb").exists()
-    assert plots.read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] == 2.5
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss"] == 2.5
 
 
 def test_progress_bars_are_off_when_quiet_or_not_a_terminal():

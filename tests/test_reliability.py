@@ -18,8 +18,9 @@ from conftest import ROOT, tiny_overrides
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import TinyGPTError
+from model.files import remove_stale_temporaries
 from model.nn.gpt import GPT
-from model.training.memory import count_parameters
+from model.nn.report import count_parameters
 from model.training.signals import GracefulStop
 from model.training.trainer import Trainer, train
 
@@ -133,7 +134,7 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     keep = tmp_path / "ckpt.pt"
     for path in (dead, alive, keep):
         path.write_bytes(b"x")
-    assert checkpoint.remove_stale_temporaries(tmp_path) == [dead]
+    assert remove_stale_temporaries(tmp_path) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, keep.name])
 
 
@@ -214,4 +215,4 @@ def test_on_nan_must_be_stop_or_skip():
 def test_parameter_formula_matches_the_model(bias, tie_weights, mlp_ratio):
     config = GPTConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=bias,
                        tie_weights=tie_weights, mlp_ratio=mlp_ratio)
-    assert count_parameters(config) == GPT(config).num_params()
+    assert count_parameters(config) == sum(p.numel() for p in GPT(config).parameters())

@@ -14,7 +14,7 @@ from model import GPTConfig
 from model.config import load_config
 from model.errors import ConfigError
 from model.cli import report_main as main
-from model.nn.report import GROUPS, Report
+from model.nn.report import GROUPS, Report, flops_per_token
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -210,3 +210,14 @@ def test_training_prints_the_summary_unless_quiet(char_data_dir, tmp_path, capsy
     vocab_size = json.loads((char_data_dir / "tiny" / "meta.json").read_text())["vocab_size"]
     expected = Report(dataclasses.replace(model_config, vocab_size=vocab_size)).summary()
     assert (expected in out) is not quiet
+
+
+@pytest.mark.parametrize("values", SMALL_CONFIGS)
+def test_flops_per_token_counts_every_matmul_weight(values):
+    """6 FLOPs per weight of every matmul (blocks and LM head, tied or not) plus attention's scores and
+    weighted sums: the count that the trainer's MFU and the training benchmark both use."""
+    config = GPTConfig(**values)
+    model = GPT(config)
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * config.n_layer * config.n_embd * config.block_size
+    assert flops_per_token(config) == Report(config).training_flops == 6 * matmul_weights + attention

@@ -4,11 +4,11 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "generate": "model.bench.generate",  # sampling speed against transformers (issue: fast generation)
+    "generate": "model.bench.generate",  # sampling speed against transformers
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
     "kernels": "model.bench.kernels",  # the C training kernels vs the PyTorch ops they replace
     "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
-    "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate (issue 8)
+    "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate
 }
 
 

@@ -10,9 +10,10 @@ tensor, after every round; the best of them) divided by the weight bytes per tok
 It also checks that greedy tokens are identical with and without our KV cache, and equal to
 transformers'.
 
-Rows: "tinygpt fp32" and "tinygpt bf16" decode with the C row-dot kernels (model/rowdot.py, what
-sample.py uses on a CPU; building them is reported, not timed); "tinygpt fp32 torch" keeps PyTorch's
-products (column-major weights, `sample.py --compile=False`, model/generate.py prepare_for_sampling).
+Rows: "tinygpt fp32" and "tinygpt bf16" decode with the C row-dot kernels (model/kernels/decode.py,
+what sample.py uses on a CPU; building them is reported, not timed); "tinygpt fp32 torch" keeps
+PyTorch's products (column-major weights, `sample.py --c_decode=False`, prepare_for_sampling in
+model/sampling/generate.py).
 """
 
 from __future__ import annotations

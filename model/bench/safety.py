@@ -35,14 +35,14 @@ def start_training(flags: list[str]) -> subprocess.Popen:
 
 
 def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) -> None:
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import LATEST, load_checkpoint
 
     print(f"{'round':>5} {'killed':>14} {'mid-save':>8} {'ckpt.pt loads':>13} {'iter_num':>8} {'load ms':>7}")
     mid_save = loaded = 0
     for r in range(rounds):
-        init = "resume" if (out / "ckpt.pt").exists() else "scratch"
+        init = "resume" if (out / LATEST).exists() else "scratch"
         proc = start_training(flags + [f"--init_from={init}"])
-        while not (out / "ckpt.pt").exists():  # first round: until there is a checkpoint to lose
+        while not (out / LATEST).exists():  # first round: until there is a checkpoint to lose
             time.sleep(0.01)
         # a save in progress has a temporary file named after the process; killed, it stays behind
         saving = lambda: any(p.name.endswith(f".tmp{proc.pid}") for p in out.iterdir())  # noqa: E731
@@ -60,7 +60,7 @@ def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) ->
         killed_mid_save = saving()
         t0 = time.perf_counter()
         try:
-            iter_num, ok = load_checkpoint(out / "ckpt.pt")["iter_num"], True
+            iter_num, ok = load_checkpoint(out / LATEST)["iter_num"], True
         except Exception as e:  # reported, not raised: this is what the benchmark measures
             iter_num, ok = f"{type(e).__name__}", False
         load_ms = (time.perf_counter() - t0) * 1000
@@ -73,14 +73,14 @@ def kill_rounds(flags: list[str], out: Path, rounds: int, rng: random.Random) ->
 
 
 def sigterm_round(flags: list[str], out: Path) -> None:
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import LATEST, load_checkpoint
 
     proc = start_training(flags + ["--init_from=resume"])
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
-    iter_num = load_checkpoint(out / "ckpt.pt")["iter_num"]
+    iter_num = load_checkpoint(out / LATEST)["iter_num"]
     print(f"SIGTERM: exit {proc.returncode} after {seconds:.2f}s, ckpt.pt at iteration {iter_num}; "
           f"stderr: {stderr.strip()!r}")
 

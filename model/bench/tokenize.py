@@ -3,8 +3,9 @@
     python -m model.bench tokenize [--input=FILE] [--repeat=10] [--num_proc=2] [--doc_chars=4000]
 
 The corpus (default Tiny Shakespeare via $TINYSHAKESPEARE_PATH) is cut into documents at blank lines
-(short, about 46 tokens each) or, with --doc_chars, into pieces of that many characters (web pages
-average about 1,000 tokens, some 4,500 characters), repeated --repeat times and written as a local parquet dataset. Then, side by side, in tokens/s:
+(short ones: a speech each) or, with --doc_chars, into pieces of that many characters (to stand for
+longer documents such as web pages), repeated --repeat times and written as a local parquet dataset.
+Then, side by side, in tokens/s:
   - tiktoken, one process:      encode_ordinary on each document in turn (the baseline)
   - tiktoken batched, threads:  encode_ordinary_batch with one thread per core, one process
   - prepare_hf, num_proc=1/N:   the whole pipeline (read parquet, tokenize, write shards, meta.json)

@@ -13,12 +13,11 @@ side, with both training-loss curves in one plot. Results go to RESULT_DIR/train
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import platform
 import shlex
 import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,46 +25,15 @@ from typing import Any
 import torch
 
 from model.cli import OneLineArgumentParser, guarded
-from model.config import GPTConfig, load_config
-from model.files import atomic_write_bytes
-from model.device import resolve_device, resolve_dtype
+from model.config import TrainConfig, load_config, split_config_args
+from model.device import measure_peak_flops, resolve_device, resolve_dtype
 from model.errors import TinyGPTError
-
-NANOGPT_BABY_TOKENS_PER_SEC = 2200.0
-"""nanoGPT's own code on the baby config, fp32, on the 2-core reference machine (7.4 s/iteration);
-pass it as --reference_tokens_per_sec when comparing settings of configs/shakespeare_char.toml."""
+from model.files import write_json
+from model.nn.report import count_parameters
+from model.training.metrics import METRICS, read_metrics
 
 BENCH_FLAGS = ["--log_interval=1"]
 """Every iteration's loss and speed go to metrics.jsonl (they are what the benchmark measures)."""
-
-
-def measure_matmul_flops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
-    """Best-of-`repeats` FLOP/s of one (size x size) @ (size x size) matmul in dtype."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best
-
-
-def flops_per_token(model_config: GPTConfig) -> float:
-    """Training FLOPs per token, forward and backward (3 x forward), as in the PaLM paper's MFU:
-    6 per weight of every matmul (blocks and LM head; embedding lookups are free), plus the
-    attention scores and weighted sums, 12 * n_layer * n_embd * block_size."""
-    c = model_config
-    per_block = c.n_embd * 3 * c.n_embd + c.n_embd * c.n_embd + 2 * c.n_embd * c.mlp_ratio * c.n_embd
-    matmul_weights = c.n_layer * per_block + c.n_embd * c.vocab_size
-    return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
-
-
-def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
-    with open(out_dir / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f]
 
 
 def steady_tokens_per_sec(records: list[dict[str, Any]]) -> float:
@@ -102,25 +70,45 @@ def machine() -> dict[str, Any]:
     }
 
 
-def train_once(config_path: str | None, overrides: list[str], setting: list[str], out_dir: Path) -> dict[str, Any]:
-    """Train once in out_dir (fresh metrics) and summarise speed and losses from its metrics.jsonl."""
+def dtype_name(train_config: TrainConfig, device: str) -> str:
+    """The precision a run trains in, 'auto' resolved: 'float32', 'bfloat16' or 'float16'."""
+    return str(resolve_dtype(train_config.dtype, device)).removeprefix("torch.")
+
+
+def measured_peak(peaks: dict[str, float], device: str, dtype: str, matmul_size: int) -> float:
+    """The peak matmul FLOP/s of `device` in `dtype`, measured on first use and kept in `peaks`."""
+    if dtype not in peaks:
+        peaks[dtype] = measure_peak_flops(device, getattr(torch, dtype), matmul_size)
+    return peaks[dtype]
+
+
+def train_once(config_path: str | None, overrides: list[str], setting: list[str], out_dir: Path,
+               peaks: dict[str, float], matmul_size: int) -> dict[str, Any]:
+    """Train once in out_dir (fresh metrics) and summarise speed, MFU and losses from its metrics.jsonl.
+
+    The trainer is given the peak FLOP/s measured here (one per dtype, measured on first use), so the
+    MFU in its metrics.jsonl and the one reported here are the same number.
+    """
     from model.training.trainer import Trainer
 
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    flags = overrides + setting + BENCH_FLAGS + [f"--out_dir={out_dir}"]
-    model_config, train_config = load_config(config_path, flags)
-    trainer = Trainer(model_config, train_config, quiet=True)
+    (out_dir / METRICS).unlink(missing_ok=True)
+    model_config, train_config = load_config(config_path, overrides + setting + BENCH_FLAGS + [f"--out_dir={out_dir}"])
+    device = resolve_device(train_config.device)
+    dtype = dtype_name(train_config, device)
+    peak = measured_peak(peaks, device, dtype, matmul_size)
+    trainer = Trainer(model_config, dataclasses.replace(train_config, peak_flops=peak), quiet=True)
     summary = trainer.run()
-    records = read_metrics(out_dir)
-    dtype = resolve_dtype(train_config.dtype, resolve_device(train_config.device))
+    records = read_metrics(out_dir / METRICS)
+    tokens_per_sec = steady_tokens_per_sec(records)
     return {
         "setting": " ".join(setting),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype,
         "iterations": summary["iter_num"],
         "tokens_per_iter": train_config.gradient_accumulation_steps * train_config.batch_size * model_config.block_size,
-        "tokens_per_sec": steady_tokens_per_sec(records),
-        "flops_per_token": flops_per_token(trainer.model_config),
-        "parameters": trainer.model.num_params(),
+        "tokens_per_sec": tokens_per_sec,
+        "flops_per_token": trainer.mfu.flops_per_token,
+        "mfu": trainer.mfu(tokens_per_sec),
+        "parameters": count_parameters(trainer.model_config),
         "final_full_val_loss": summary["full_val_loss"],
         "train_time": summary["train_time"],
         "full_val": [{"iter": r["iter"], "train_time": r["train_time"], "loss": r["full_val_loss"]}
@@ -139,18 +127,13 @@ def estimated_val_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]
             for r in records if "val_loss" in r]
 
 
-def add_mfu(run: dict[str, Any], peaks: dict[str, float]) -> None:
-    peak = peaks["bfloat16" if run["dtype"] == "bfloat16" else "float32"]
-    run["mfu"] = run["tokens_per_sec"] * run["flops_per_token"] / peak
-
-
 def plot_time_to_loss(run: dict[str, Any], target: float, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from model.training.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     for points, style, label in ((run["full_val"], "o-", "full-validation loss"),
                                  (run["estimated_val"], ".:", "val estimate (random batches)")):
         ax.plot([p["train_time"] for p in points], [p["loss"] for p in points], style, label=label)
@@ -160,17 +143,16 @@ def plot_time_to_loss(run: dict[str, Any], target: float, path: Path) -> None:
     ax.set_title(f"{run['parameters'] / 1e6:.2f}M params, {run['tokens_per_sec']:,.0f} tok/s, {run['dtype']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_compare(runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from model.training.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     for run in runs:
         iters, losses = zip(*run["train_loss"])
         label = f"{run['setting'] or 'defaults'}: {run['tokens_per_sec']:,.0f} tok/s"
@@ -179,8 +161,7 @@ def plot_compare(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def curve_gap(a: list[tuple[int, float]], b: list[tuple[int, float]], window: int = 20) -> dict[str, float]:
@@ -207,39 +188,41 @@ def curve_gap(a: list[tuple[int, float]], b: list[tuple[int, float]], window: in
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(
         prog="python -m model.bench train",
-        description="Measure peak matmul FLOP/s, then train CONFIG and report tokens/s, MFU and time to a loss. "
-        "Other --key=value flags are config overrides.",
+        usage="%(prog)s [CONFIG.toml] [--key=value ...] [options]",
+        description="Measure peak matmul FLOP/s, then train CONFIG (default: built-in defaults) and report "
+        "tokens/s, MFU and time to a loss. Other --key=value flags are config overrides.",
     )
-    parser.add_argument("config", nargs="?", default=None, help="TOML config (default: built-in defaults)")
     parser.add_argument("--target_loss", type=float, default=1.90, help="full-validation loss to time")
     parser.add_argument("--compare", action="append", default=None, metavar="FLAGS",
                         help="a setting ('--dtype=bfloat16 --batch_size=32'); give two or more to compare")
     parser.add_argument("--result_dir", default="out-bench-train", help="JSON, plots and run folders go here")
     parser.add_argument("--matmul_size", type=int, default=1024, help="matrix size for the peak FLOP/s probe")
     parser.add_argument("--reference_tokens_per_sec", type=float, default=None,
-                        help=f"also show each setting's speed against this (nanoGPT baby fp32: {NANOGPT_BABY_TOKENS_PER_SEC:,.0f})")
-    args, overrides = parser.parse_known_args(argv)
+                        help="also show each setting's speed against this (e.g. nanoGPT's figure from BENCHMARKS.md)")
+    args, rest = parser.parse_known_args(argv)
+    config_path, overrides, _ = split_config_args(rest)
     if args.compare is not None and len(args.compare) < 2:
         raise TinyGPTError("--compare needs at least two settings, e.g. --compare=--dtype=float32 --compare=--dtype=bfloat16")
-    load_config(args.config, overrides)  # fail on a bad config before the slow part
+    _, train_config = load_config(config_path, overrides)  # fail on a bad config before the slow part
     result_dir = Path(args.result_dir)
     result_dir.mkdir(parents=True, exist_ok=True)
     from model.device import keep_freed_memory
 
     keep_freed_memory()  # as train.py does
 
-    peaks = {name: measure_matmul_flops(dtype, args.matmul_size) for name, dtype in
-             (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+    device = resolve_device(train_config.device)
+    peaks: dict[str, float] = {}
+    for dtype in ("float32", "bfloat16"):
+        measured_peak(peaks, device, dtype, args.matmul_size)
     print(f"peak matmul ({args.matmul_size}^3): fp32 {peaks['float32'] / 1e9:,.0f} GFLOP/s, "
           f"bf16 {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s", flush=True)
-    result: dict[str, Any] = {"machine": machine(), "config": args.config, "overrides": overrides,
+    result: dict[str, Any] = {"machine": machine(), "config": config_path, "overrides": overrides,
                               "peak_flops": peaks, "target_loss": args.target_loss}
 
     settings = [shlex.split(s) for s in args.compare] if args.compare else [[]]
     runs = []
     for i, setting in enumerate(settings):
-        run = train_once(args.config, overrides, setting, result_dir / f"run{i}")
-        add_mfu(run, peaks)
+        run = train_once(config_path, overrides, setting, result_dir / f"run{i}", peaks, args.matmul_size)
         run["time_to_target"], run["iter_at_target"] = time_to_loss(run["full_val"], args.target_loss)
         runs.append(run)
         reached = (f"full-val <= {args.target_loss} at {run['time_to_target']:.1f}s (iter {run['iter_at_target']})"
@@ -262,6 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plot_time_to_loss(runs[0], args.target_loss, result_dir / "train_time_to_loss.png")
         print(f"plot: {result_dir / 'train_time_to_loss.png'}")
-    atomic_write_bytes(result_dir / "train.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_json(result_dir / "train.json", result)
     print(f"result: {result_dir / 'train.json'}")
     return 0

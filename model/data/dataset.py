@@ -10,7 +10,6 @@ of the text (by characters) is the training split and the last 10% the validatio
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -23,12 +22,14 @@ from torch import Tensor
 
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
-from model.files import atomic_write_bytes, read_json
+from model.files import atomic_write_bytes, make_folder, read_json, write_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
 TRAIN_FRACTION = 0.9
+META = "meta.json"
+"""A prepared dataset's description (tokenizer, dtype, vocabulary, token counts), written last."""
 ENCODE_PIECE_CHARS = 1 << 20
 
 
@@ -108,13 +109,9 @@ def prepare(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
-    folder = Path(data_dir) / dataset
+    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"cannot create dataset folder {folder}: {e.strerror}") from None
     path = resolve_input(dataset, input_path, url, folder)
     text = read_corpus(path)
     tok = tokenizers.make(kind, text)
@@ -136,7 +133,7 @@ def prepare(
         "source": str(path),
         "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-    atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(folder / META, meta)
     return meta
 
 
@@ -214,7 +211,7 @@ class TokenDataset:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        meta_path = self.folder / "meta.json"
+        meta_path = self.folder / META
         if not meta_path.is_file():
             raise TinyGPTError(
                 f"dataset not prepared: {meta_path} is missing; run `python data/prepare.py "

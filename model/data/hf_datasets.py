@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import multiprocessing
 import signal
 import sys
@@ -33,9 +32,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.dataset import token_dtype
-from model.files import atomic_write_bytes
-from model.errors import TinyGPTError
+from model.data.dataset import META, token_dtype
+from model.files import atomic_write_bytes, make_folder, write_json
+from model.errors import TinyGPTError, first_line
 from model.data.tokenizer import TiktokenTokenizer
 
 DOCS_PER_TASK = 1024
@@ -141,10 +140,9 @@ def open_split(source: HFSource, split: str, streaming: bool, data_files: str | 
             source.path, source.config, split=split, streaming=streaming, data_files=data_files, cache_dir=cache_dir
         )
     except Exception as e:  # the library raises many types (missing files, no network, bad names)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TinyGPTError(
             f"could not load Hugging Face dataset '{source.path}'"
-            f"{f' ({source.config})' if source.config else ''} split '{split}': {type(e).__name__}: {first[:300]}"
+            f"{f' ({source.config})' if source.config else ''} split '{split}': {type(e).__name__}: {first_line(e, 300)}"
         ) from None
     columns = ds.column_names
     if columns is not None and source.text_column not in columns:
@@ -243,12 +241,8 @@ def prepare_hf(
         raise TinyGPTError(f"--val_fraction must be in (0, 0.5], got {val_fraction}")
     tok = TiktokenTokenizer(encoding)
     dtype = token_dtype(tok.vocab_size)
-    folder = Path(data_dir) / dataset
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinyGPTError(f"cannot create dataset folder {folder}: {e.strerror}") from None
-    (folder / "meta.json").unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
+    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
+    (folder / META).unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
 
     writers = (ShardWriter(folder, "train", dtype, shard_tokens), ShardWriter(folder, "val", dtype, shard_tokens))
     val_every = 0 if source.val_split else max(1, round(1 / val_fraction))
@@ -280,7 +274,7 @@ def prepare_hf(
                    "val_split": source.val_split, "text_column": source.text_column, "data_files": data_files,
                    "val_every": val_every},
     }
-    atomic_write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(folder / META, meta)
     return meta
 
 

@@ -2,9 +2,9 @@
 
 `python -m model.report CONFIG` prints it (model/cli.py).
 
-Every count follows the shapes in model/gpt.py and model/attention.py, so a 175B config reports in
-well under a second and nothing is allocated (tests/test_report.py checks the counts against
-sum(p.numel()) of real models). Each component is one small function below: an architecture option
+Every count follows the shapes in model/nn/gpt.py and model/nn/attention.py, so even a 175B config is
+counted without allocating anything (tests/test_report.py checks the counts against sum(p.numel())
+of real models). Each component is one small function below: an architecture option
 (another norm, no position table, another MLP) changes the count in the function it touches.
 """
 
@@ -254,7 +254,7 @@ class Report:
             f"  {'forward FLOPs':<26}{_si(self.forward_flops, 'FLOP'):>22}{_si(approx_forward, 'FLOP'):>22}",
             f"  {'training FLOPs (3x fwd)':<26}{_si(self.training_flops, 'FLOP'):>22}"
             f"{_si(self.approx_training_flops, 'FLOP'):>22}",
-            f"  approximation: forward 2N + 4·L·T·d, training 6N + 12·L·T·d, N = non-embedding parameters;",
+            "  approximation: forward 2N + 4·L·T·d, training 6N + 12·L·T·d, N = non-embedding parameters;",
             f"  exact counts the LM head's matmul ({_si(6 * c.vocab_size * c.n_embd, 'FLOP')} of training) and no "
             f"biases or norms",
             "",
@@ -283,6 +283,17 @@ class Report:
             f"training FLOPs per token: {_si(self.training_flops, 'FLOP')} "
             f"(6N + 12·L·T·d: {_si(self.approx_training_flops, 'FLOP')})"
         )
+
+
+def count_parameters(config: GPTConfig) -> int:
+    """Parameters of the GPT that config describes (a tied table counted once), without building it."""
+    return Report(config).total
+
+
+def flops_per_token(config: GPTConfig) -> int:
+    """Training FLOPs (forward and backward) per token over a full context: what the report shows, and
+    what the trainer's MFU and the training benchmark divide by."""
+    return Report(config).training_flops
 
 
 def _row(name: str, shape: str, weights: str, biases: str, total: str, per_head: str) -> str:

@@ -125,7 +125,7 @@ def generate(
         idx, pad = left_pad(prompts, device)
     block_size = model.config.block_size
     caches = model.make_caches() if use_cache else None
-    fast = getattr(model, "fast_decoder", None)  # decoding one row in C (model/fastdecode.py)
+    fast = getattr(model, "fast_decoder", None)  # decoding one row in C (model/kernels/decode.py)
     if fast is not None and (not use_cache or pad is not None or idx.size(0) != 1 or not fast.matches(model)):
         fast = None
     new = idx  # tokens the model hasn't seen yet

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import CONFIG_FILE
 from model.errors import TinyGPTError
 from model.files import read_json
-from model.training.plots import METRICS, plot_val_curves, read_metrics
+from model.training.metrics import METRICS, read_metrics
+from model.training.plots import plot_val_curves
 
 IGNORED_KEYS = ("out_dir",)
 """Config keys that always differ and say nothing about the run (the folder is the row's name)."""
@@ -32,7 +34,7 @@ class Run:
     @classmethod
     def load(cls, out_dir: str | Path) -> "Run":
         out_dir = Path(out_dir)
-        config_path, metrics_path = out_dir / "config.json", out_dir / METRICS
+        config_path, metrics_path = out_dir / CONFIG_FILE, out_dir / METRICS
         for path in (config_path, metrics_path):
             if not path.is_file():
                 raise TinyGPTError(f"{out_dir} is not a training run folder: {path.name} is missing")
@@ -58,18 +60,14 @@ class Run:
 
 
 def count_params(config: dict[str, Any]) -> int | None:
-    """Parameters of the model described by a resolved config, built on the meta device (shapes only,
-    no memory, no time); None when the config doesn't describe a buildable model."""
-    import torch
-
+    """Parameters of the model described by a resolved config (counted from the shapes, nothing is
+    built); None when the config doesn't describe a model."""
     from model.config import GPTConfig
-    from model.nn.gpt import GPT
+    from model.nn.report import count_parameters
 
     keys = GPTConfig.__dataclass_fields__
     try:
-        model_config = GPTConfig(**{k: v for k, v in config.items() if k in keys})
-        with torch.device("meta"):
-            return GPT(model_config).num_params()
+        return count_parameters(GPTConfig(**{k: v for k, v in config.items() if k in keys}))
     except (TinyGPTError, TypeError, ValueError):
         return None
 

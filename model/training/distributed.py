@@ -147,8 +147,8 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
-            # every rank finishes its collectives before any tears the group down: a rank that destroyed
-            # it while the other still wrote checkpoints occasionally aborted in gloo's threads
-            # ("terminate called without an active exception", FSDP test, about 1 CI run in 10)
+            # every rank finishes its collectives before any tears the group down: a rank that destroys
+            # it while another still writes checkpoints can abort in gloo's threads ("terminate called
+            # without an active exception")
             dist.barrier()
             dist.destroy_process_group()

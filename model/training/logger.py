@@ -21,6 +21,7 @@ import torch
 from model.checkpoint import BEST
 from model.files import atomic_write_bytes
 from model.errors import TinyGPTError
+from model.training.metrics import METRICS, read_metrics
 
 SAMPLE_COLUMNS = ["iter", "val_loss", "text"]
 
@@ -40,7 +41,7 @@ class RunLogger:
     ):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / "metrics.jsonl"
+        self.path = self.out_dir / METRICS
         self.write_failed = False
         self.start = time.time()
         if enabled:
@@ -68,8 +69,6 @@ class RunLogger:
         if resume_iter is None or not self.path.is_file():
             self.path.unlink(missing_ok=True)
             return 0.0
-        from model.training.plots import read_metrics  # (imports matplotlib, which takes a second)
-
         kept = [r for r in read_metrics(self.path) if r.get("iter", 0) <= resume_iter]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         return max((r.get("wall_time", 0.0) for r in kept), default=0.0)

@@ -5,7 +5,7 @@ system's out-of-memory killer minutes later, or by a machine that swaps itself t
 estimate is deliberately simple and is compared with the machine's *total* memory, so only configs
 that cannot possibly fit are refused:
 
-    weights + gradients + AdamW's two moments   16 bytes per parameter (all kept in float32)
+    weights + gradients + AdamW's two moments   16 bytes per parameter, all float32 (model/nn/report.py)
     activations kept for the backward pass      per layer about B*T*(34*C + 5*n_head*T) values
                                                 (Korthikanti et al. 2022, "Reducing Activation
                                                 Recomputation in Large Transformer Models", sec. 4.1)
@@ -23,19 +23,10 @@ import torch
 
 from model.config import GPTConfig, TrainConfig
 from model.errors import TinyGPTError
+from model.nn.report import Report
 
-BYTES_PER_PARAM = 4 + 4 + 8
-"""float32 weight, float32 gradient, AdamW's exp_avg and exp_avg_sq."""
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 """A container's memory limit (cgroup v2), often smaller than the host's RAM."""
-
-
-def count_parameters(model_config: GPTConfig) -> int:
-    """Parameters of the GPT that model_config describes (tied tables counted once), from the parameter
-    report's analytic count: nothing is allocated, even for a 175B config."""
-    from model.nn.report import Report
-
-    return Report(model_config).total
 
 
 @dataclass(frozen=True)
@@ -53,12 +44,13 @@ class MemoryEstimate:
 
 def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype: torch.dtype) -> MemoryEstimate:
     B, T, C = config.batch_size, model_config.block_size, model_config.n_embd
-    activation_size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    activation_size = dtype.itemsize
     per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
     activations = model_config.n_layer * per_layer_16bit * activation_size // 2
     logits = 3 * B * T * model_config.vocab_size * 4
-    n_params = count_parameters(model_config)
-    return MemoryEstimate(n_params, n_params * BYTES_PER_PARAM, activations + logits)
+    report = Report(model_config)  # counted from the config: nothing is allocated, even for 175B
+    state = report.memory_bytes()["fp32"]["total"]  # weights, gradients and AdamW's moments stay float32
+    return MemoryEstimate(report.total, state, activations + logits)
 
 
 def machine_memory(device: str) -> int | None:

@@ -1,60 +1,29 @@
 """Model FLOPs utilisation (MFU): how much of the device's peak arithmetic a training run uses.
 
-Training costs about 6N FLOPs per token for the weights (2N in the forward pass, 4N in the backward)
-plus 12·L·T·d for attention's scores and weighted sums, which have no parameters (PaLM, appendix B;
-N non-embedding parameters, L layers, T context, d width). MFU = tokens/s × FLOPs per token / peak.
+MFU = tokens/s x training FLOPs per token / peak FLOP/s. The FLOPs per token are the parameter
+report's count (model/nn/report.py: every matmul forward and backward, plus attention's scores and
+weighted sums), the same figure the training benchmark uses.
 
 The peak is a number the user knows for their GPU (e.g. 312e12 for an A100 in bfloat16); when it is
-not given, it is measured once with a large matmul, so MFU is then relative to the best this machine's
-matmul reaches, which on a CPU is the honest ceiling anyway.
+not given, it is measured once with a large matmul (model/device.py), so MFU is then relative to the
+best this machine's matmul reaches, which on a CPU is the honest ceiling anyway.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from model.config import GPTConfig
-
-
-def flops_per_token(model_config: GPTConfig, n_params_non_embedding: int) -> int:
-    """Training FLOPs (forward and backward) per token: 6N + 12·L·T·d."""
-    c = model_config
-    return 6 * n_params_non_embedding + 12 * c.n_layer * c.block_size * c.n_embd
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-@torch.no_grad()
-def measure_peak_flops(device: str, dtype: torch.dtype, size: int = 1024, seconds: float = 0.25) -> float:
-    """FLOP/s of the fastest of repeated (size x size) @ (size x size) matmuls within `seconds`."""
-    # a generator of its own: drawing from the global one would shift dropout masks after a resume
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
-    a @ b  # warm-up: first-call allocation and kernel selection are not arithmetic
-    _synchronize(device)
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline or best == float("inf"):
-        t0 = time.perf_counter()
-        a @ b
-        _synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best
+from model.device import measure_peak_flops
+from model.nn.report import flops_per_token
 
 
 class MFUMeter:
     """Turns tokens/s into MFU for one model on one device; None when MFU is switched off."""
 
-    def __init__(self, model_config: GPTConfig, n_params_non_embedding: int, peak_flops: float, device: str,
-                 dtype: torch.dtype):
-        self.flops_per_token = flops_per_token(model_config, n_params_non_embedding)
+    def __init__(self, model_config: GPTConfig, peak_flops: float, device: str, dtype: torch.dtype):
+        """peak_flops: FLOP/s of the device; 0 measures it here, a negative value switches MFU off."""
+        self.flops_per_token = flops_per_token(model_config)
         if peak_flops == 0:
             peak_flops = measure_peak_flops(device, dtype)
         self.peak_flops = peak_flops if peak_flops > 0 else None

@@ -8,30 +8,16 @@ state, no GUI backend, and PNGs are rendered by Agg on any machine.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from model.files import atomic_write_bytes
+from model.training.metrics import METRICS, read_metrics
 
-METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 X_AXES = (("iter", "iteration"), ("wall_time", "wall time (s)"))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a torn last line (the run was killed mid-write) is skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:

@@ -22,19 +22,20 @@ from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
+from model.files import remove_stale_temporaries
 from model.training.evaluate import estimate_loss, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
 from model.training.mfu import MFUMeter
 from model.training.optim import learning_rate, make_optimizer
-from model.nn.report import Report
+from model.nn.report import GROUPS, Report
 from model.training.resume import model_config_for_resume
 
 
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
     """The prepared dataset, preparing the known ones (e.g. Tiny Shakespeare) on first use."""
     folder = Path(config.data_dir) / config.dataset
-    if not (folder / "meta.json").is_file() and config.dataset in data.KNOWN_DATASETS:
+    if not (folder / data.META).is_file() and config.dataset in data.KNOWN_DATASETS:
         echo(f"preparing dataset '{config.dataset}' in {folder}")
         data.prepare(config.dataset, config.data_dir, quiet=quiet)
     return data.TokenDataset(folder)
@@ -80,7 +81,7 @@ class Trainer:
         self.ctx = autocast(self.device, self.dtype)
         self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
         if self.dist.is_master:
-            checkpoint.remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
+            remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         random.seed(config.seed + self.dist.rank)
         np.random.seed((config.seed + self.dist.rank) % 2**32)
@@ -141,8 +142,7 @@ class Trainer:
             wandb_mode=config.wandb_mode, wandb_log_checkpoint=config.wandb_log_checkpoint,
             resume_iter=self.iter_num if resume is not None else None,
         )
-        self.mfu = MFUMeter(model_config, self.model.num_params(non_embedding=True), config.peak_flops,
-                            self.device, self.dtype)
+        self.mfu = MFUMeter(model_config, config.peak_flops, self.device, self.dtype)
 
     def _restore_position(self, resume: dict[str, Any]) -> None:
         """Put the data sampler and this rank's RNGs back where the checkpointed run left them."""
@@ -150,11 +150,7 @@ class Trainer:
         if position is not None:
             self.batch_generator.set_state(position["batch_generator"])
             self.windows_drawn = int(position["windows_drawn"])
-        states = resume.get("rng")
-        if isinstance(states, dict):  # written by a version that kept one state, and the sampler's, there
-            if "batches" in states:
-                self.batch_generator.set_state(states["batches"])
-            states = [states]
+        states = resume.get("rng")  # one state per rank that wrote the checkpoint
         if not states:
             return
         if len(states) == self.dist.world_size:
@@ -283,13 +279,12 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.config
-        n_params = self.model.num_params()
-        self.t_start = time.time()
-        self.echo(f"model: {n_params / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
         report = Report(self.model_config)
+        self.t_start = time.time()
+        self.echo(f"model: {report.total / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
         self.echo(report.summary())
-        per_group = {f"params_{group}": report.group_total(group) for group in ("embeddings", "attention", "mlp", "norms", "lm_head")}
-        self.logger.summary({"params": n_params, "params_non_embedding": self.model.num_params(non_embedding=True),
+        per_group = {f"params_{group}": report.group_total(group) for group in GROUPS}
+        self.logger.summary({"params": report.total, "params_non_embedding": report.non_embedding,
                              **per_group, "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
         if c.eval_only:
             self.eval_and_checkpoint()

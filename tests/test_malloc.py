@@ -1,3 +1,4 @@
+"""device.keep_freed_memory: glibc's malloc keeps freed memory for reuse instead of returning it to the OS."""
 
 
 def test_keep_freed_memory_on_glibc_linux():
