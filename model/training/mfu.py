@@ -4,9 +4,10 @@ Training costs about 6N FLOPs per token for the weights (2N in the forward pass,
 plus 12·L·T·d for attention's scores and weighted sums, which have no parameters (PaLM, appendix B;
 N non-embedding parameters, L layers, T context, d width). MFU = tokens/s × FLOPs per token / peak.
 
-The peak is a number the user knows for their GPU (e.g. 312e12 for an A100 in bfloat16); when it is
-not given, it is measured once with a large matmul, so MFU is then relative to the best this machine's
-matmul reaches, which on a CPU is the honest ceiling anyway.
+The peak is a number the user can give (--peak_flops, e.g. 312e12 for an A100 in bfloat16); when it is
+not given, a GPU's comes from the datasheet table in model/device.py, and any other device's is measured
+once with a large matmul, so MFU is then relative to the best this machine's matmul reaches, which on a
+CPU is the honest ceiling anyway.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def measure_peak_flops(device: str, dtype: torch.dtype, size: int = 1024, second
     return 2 * size**3 / best
 
 
+def datasheet_peak_flops(device: str, dtype: torch.dtype) -> float | None:
+    """The GPU's peak from model/device.py's table (a short matmul on a GPU measures launch overhead,
+    not arithmetic); None on other devices and on GPUs the table doesn't know."""
+    if not device.startswith("cuda"):
+        return None
+    from model.device import gpu_peak_flops
+
+    return gpu_peak_flops(torch.cuda.get_device_name(torch.device(device)), dtype)
+
+
 class MFUMeter:
     """Turns tokens/s into MFU for one model on one device; None when MFU is switched off."""
 
@@ -56,7 +67,7 @@ class MFUMeter:
                  dtype: torch.dtype):
         self.flops_per_token = flops_per_token(model_config, n_params_non_embedding)
         if peak_flops == 0:
-            peak_flops = measure_peak_flops(device, dtype)
+            peak_flops = datasheet_peak_flops(device, dtype) or measure_peak_flops(device, dtype)
         self.peak_flops = peak_flops if peak_flops > 0 else None
 
     def __call__(self, tokens_per_sec: float) -> float | None:
