@@ -32,10 +32,10 @@ NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 in bfloat16 trains faster than float32 along the same loss curve (BENCHMARKS.md)."""
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
     """The instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
-        text = cpuinfo.read_text(errors="replace")
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
     except OSError:
         return set()
     for line in text.splitlines():
@@ -44,7 +44,7 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     return set()
 
 
-def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+def cpu_has_native_bf16(cpuinfo: Path | None = None) -> bool:
     return any(flag in cpu_flags(cpuinfo) for flag in NATIVE_BF16_CPU_FLAGS)
 
 
@@ -72,7 +72,7 @@ def describe_precision(requested: str, device: str, dtype: torch.dtype) -> str:
     if requested != "auto":
         return f"dtype {name}"
     if device.startswith("cuda"):
-        why = "bf16 is native on this GPU" if dtype == torch.bfloat16 else "this GPU has no native bf16; with a GradScaler"
+        why = "bf16 is native on this GPU" if dtype == torch.bfloat16 else "this GPU lacks fast bf16; float16 with a GradScaler"
     elif dtype == torch.bfloat16:
         why = "this CPU has native bf16 instructions (AVX-512 BF16 / AMX)"
     else:

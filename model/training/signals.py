@@ -60,6 +60,10 @@ class GracefulStop:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def mark_saved(self) -> None:
+        """The stop's checkpoint is written: from now on signals are ignored while the run exits."""
+        self.saved = True
+
     def agreed(self, agreed_max: Callable[[int], int]) -> bool:
         """Whether any rank was asked to stop, given the ranks' all-reduce of a maximum (a single process
         passes its own value through); every rank then takes that request as its own."""
@@ -70,7 +74,6 @@ class GracefulStop:
 
     def interrupted(self, iter_num: int, saved: Path) -> Interrupted:
         """The exception that ends the run once the checkpoint at `saved` is written."""
-        self.saved = True
         name = signal.Signals(self.signum).name
         return Interrupted(
             f"{name} received: stopped after iteration {iter_num} and saved {saved}; "

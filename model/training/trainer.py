@@ -328,11 +328,11 @@ class Trainer:
             iters_since_log += 1
             if self.stop.agreed(self.dist.agreed_max):  # every rank stops after the same step
                 self.save(checkpoint.LATEST)
-                interrupted = self.stop.interrupted(self.iter_num, self.out_dir / checkpoint.LATEST)
+                self.stop.mark_saved()
                 bar.close()
                 self.logger.finish()
                 self.dist.close()  # every rank has finished the save's collectives before any exits
-                raise interrupted
+                raise self.stop.interrupted(self.iter_num, self.out_dir / checkpoint.LATEST)
             bar.update(1)
             if self.iter_num % c.log_interval == 0 or self.iter_num == c.max_iters:
                 # the only host sync of the loop: the step's loss and norm, and whether any step was bad
