@@ -443,3 +443,32 @@ def test_fsdp_with_wandb_offline_samples_text_at_each_evaluation(char_data_dir, 
     assert [row[0] for row in rows] == [0, 2, 4] and all(isinstance(row[2], str) and row[2] for row in rows)
     model, tok, ckpt = checkpoint.load_model(out)  # the full weights, gathered on rank 0 for sample.py
     assert ckpt["iter_num"] == 4 and all(t.isfinite().all() for t in model.state_dict().values())
+
+
+# -- python -m model.bench gpu -----------------------------------------------------------------------
+def test_bench_gpu_without_a_gpu_says_so_and_exits_0(capsys):
+    from model.bench import gpu
+
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        assert gpu.main([]) == 0
+        assert gpu.main(["--device=cuda"]) == 0
+    assert "no NVIDIA GPU here" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_gpu_tiny_on_cpu_prints_ours_next_to_transformers_without_wandb_or_datasets(tmp_path):
+    """As CI runs it; wandb and datasets are made unimportable, as on the GPU machine."""
+    script = ("import sys; sys.modules['wandb'] = None; sys.modules['datasets'] = None; "
+              "from model.bench.gpu import main; raise SystemExit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "--device=cpu", "--tiny", f"--out={tmp_path}"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^tinygpt\s+\w+\s+False\s+50,304\s+[\d,]+", done.stdout, re.M), done.stdout
+    assert re.search(r"^transformers GPT2LMHeadModel \(sdpa\)\s+\w+\s+False\s+50,257\s+[\d,]+", done.stdout, re.M)
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert [row["name"] for row in results["training"]] == ["tinygpt", "transformers GPT2LMHeadModel (sdpa)"]
+    assert all(row["tokens_per_sec"] > 0 for row in results["training"] + results["decoding"])
+    assert {(row["name"], row["batch"]) for row in results["decoding"]} == {
+        (name, batch) for name in ("tinygpt", "transformers") for batch in (1, 8)}
+    assert all(row["same_greedy_tokens"] > 0.5 for row in results["decoding"])
