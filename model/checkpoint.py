@@ -91,8 +91,9 @@ def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer, dict[str, Any]]:
     """Build the GPT stored in a checkpoint file (or in out_dir's best/latest); returns model,
-    tokenizer and the raw checkpoint dict."""
-    ckpt = load_checkpoint(path, device)
+    tokenizer and the raw checkpoint dict. The checkpoint is read into CPU memory and only the model's
+    weights go to `device` (not the optimizer state, twice their size)."""
+    ckpt = load_checkpoint(path, "cpu")
     model = GPT(model_config_from(ckpt))
     try:
         model.load_state_dict(ckpt["model"])

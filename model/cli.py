@@ -95,8 +95,9 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", action="append", default=[],
                         help="end a sample at this string, which is left out (repeatable)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 where the device computes in it natively, float16 on older GPUs, else float32")
     parser.add_argument("--compile", type=parse_bool, default=True,
                         help="on a CPU, decode one sample's tokens in C (model/fastdecode.py, model/rowdot.py; built "
                         "once with the system C compiler, about a second); False keeps PyTorch's ops")

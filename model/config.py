@@ -116,7 +116,7 @@ class TrainConfig:
     sample_tokens: int = 200
     """Length of the text sample logged to wandb (a Table) at each evaluation; 0 for none."""
     peak_flops: float = 0.0
-    """Peak FLOP/s of the device, for MFU; 0 measures it once with a brief large matmul, negative skips MFU."""
+    """Peak FLOP/s of the device, for MFU; 0 takes a known GPU's datasheet peak (model/device.py) or measures it once with a brief large matmul, negative skips MFU."""
     # data
     dataset: str = "shakespeare_char"
     """Name of the prepared dataset folder under data_dir (train.bin, val.bin, meta.json)."""
@@ -154,9 +154,9 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     dtype: str = "auto"
-    """'float32', 'bfloat16' or 'float16' (with a grad scaler); 'auto' is bfloat16 on capable GPUs, else float32."""
-    compile: bool = False
-    """Wrap the model in torch.compile (pays a compile time up front)."""
+    """'float32', 'bfloat16' or 'float16' (with a grad scaler); 'auto' is bfloat16 on GPUs and CPUs with native bfloat16, float16 on older GPUs, else float32."""
+    compile: bool | None = None
+    """Wrap the model in torch.compile (pays a compile time up front); None: on for CUDA, off elsewhere (on a CPU it costs minutes)."""
     seed: int = 1337
     """Seed for weights initialisation and batch sampling."""
     fsdp: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,15 +26,104 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU instructions that compute in bfloat16 directly (AVX-512 BF16, Intel AMX): with them, CPU autocast
+in bfloat16 trains faster than float32 along the same loss curve (BENCHMARKS.md)."""
+
+
+def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
+    """The instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86 says flags, ARM says Features
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: Path | None = None) -> bool:
+    return any(flag in cpu_flags(cpuinfo) for flag in NATIVE_BF16_CPU_FLAGS)
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """'auto' means bfloat16 on GPUs that support it, float32 elsewhere (the safe choice on a CPU)."""
+    """'auto' is the fastest precision that trains like float32 on this device:
+      - a GPU that computes in bfloat16 natively (Ampere and later): bfloat16;
+      - an older GPU (V100, T4, where bfloat16 is only emulated, slowly): float16, with a GradScaler;
+      - a CPU with native bfloat16 instructions (AVX-512 BF16 or AMX): bfloat16 autocast;
+      - any other CPU, and MPS: float32."""
     if name == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        if device.startswith("cuda"):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            return torch.bfloat16 if native else torch.float16
+        if device == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:
         raise TinyGPTError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{name}'")
     return getattr(torch, name)
+
+
+def describe_precision(requested: str, device: str, dtype: torch.dtype) -> str:
+    """One line saying which precision a run uses and, for 'auto', why."""
+    name = str(dtype).split(".")[-1]
+    if requested != "auto":
+        return f"dtype {name}"
+    if device.startswith("cuda"):
+        why = "bf16 is native on this GPU" if dtype == torch.bfloat16 else "this GPU lacks fast bf16; float16 with a GradScaler"
+    elif dtype == torch.bfloat16:
+        why = "this CPU has native bf16 instructions (AVX-512 BF16 / AMX)"
+    else:
+        why = "no native bf16 on this device"
+    return f"dtype {name} (auto: {why})"
+
+
+def allow_tf32(device: str) -> None:
+    """Let float32 matmuls and convolutions on an NVIDIA GPU use TF32 tensor cores (10-bit mantissa
+    products, float32 accumulation): several times faster, and training is insensitive to it."""
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# Dense (no sparsity) peak tensor-core throughput per GPU, FLOP/s, from NVIDIA's datasheets. "float32" is
+# the TF32 figure, since allow_tf32 lets float32 matmuls use it (V100 and T4 have no TF32: plain float32).
+# bfloat16 and float16 assume float32 accumulation, as autocast uses. More specific names come first.
+GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"\bB200\b", {"bfloat16": 2250e12, "float16": 2250e12, "float32": 1100e12}),
+    (r"\bH200\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
+    (r"\bH100\b.*\bPCIe\b", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
+    (r"\bH100\b.*\bNVL\b", {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12}),
+    (r"\bH100\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),  # SXM
+    (r"\bGH200\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
+    (r"\bA100\b", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
+    (r"\bA10G\b", {"bfloat16": 70e12, "float16": 70e12, "float32": 35e12}),
+    (r"\bA10\b", {"bfloat16": 125e12, "float16": 125e12, "float32": 62.5e12}),
+    (r"\bL40S\b", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
+    (r"\bL40\b", {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
+    (r"\bL4\b", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
+    (r"RTX 6000 Ada", {"bfloat16": 364e12, "float16": 364e12, "float32": 182e12}),
+    (r"RTX A6000", {"bfloat16": 155e12, "float16": 155e12, "float32": 77e12}),
+    (r"RTX 5090", {"bfloat16": 209e12, "float16": 209e12, "float32": 105e12}),
+    (r"RTX 4090", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
+    (r"RTX 3090", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
+    (r"\bV100\b", {"float16": 125e12, "float32": 15.7e12}),
+    (r"\bT4\b", {"float16": 65e12, "float32": 8.1e12}),
+)
+
+
+def gpu_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet peak FLOP/s of the GPU called device_name (as torch.cuda.get_device_name() says
+    it, e.g. "NVIDIA A100-SXM4-80GB") in dtype; None for a GPU or precision the table doesn't know."""
+    import re
+
+    key = str(dtype).split(".")[-1]
+    for pattern, peaks in GPU_PEAK_FLOPS:
+        if re.search(pattern, device_name):
+            return peaks.get(key)
+    return None
 
 
 def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:

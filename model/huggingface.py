@@ -11,6 +11,7 @@ back with its own tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import zipfile
@@ -28,6 +29,8 @@ from model.nn.gpt import GPT
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """GPT-2 parameters stored as Conv1D, (in, out), transposed relative to our nn.Linear."""
 TOKENIZER_FILE = "tinygpt_tokenizer.json"
+GPT2_ARCHITECTURE = {"pos_embedding": "learned", "norm": "layernorm", "activation": "gelu", "qk_norm": False}
+"""GPTConfig's architecture options as GPT-2 has them; a model with any other can't be exported."""
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 """OpenAI's GPT-2 sizes on the Hugging Face hub (any other hub id of a GPT-2 model works too)."""
 
@@ -67,6 +70,10 @@ def config_to_hf(config: GPTConfig) -> dict[str, Any]:
     """The config.json transformers expects for a GPT2LMHeadModel of our shape."""
     if not config.bias:
         raise TinyGPTError("GPT-2 has biases in every linear layer and LayerNorm; a bias=False model can't be exported")
+    for option, gpt2 in GPT2_ARCHITECTURE.items():
+        if getattr(config, option) != gpt2:
+            raise TinyGPTError(f"GPT-2 can't represent {option}={getattr(config, option)!r} (it has {option}={gpt2!r}): "
+                               "this model can't be exported to transformers' GPT-2")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -179,13 +186,18 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     from model.files import atomic_write_bytes, make_folder, write_json
 
     model = unwrap(model)
-    hf_config = config_to_hf(model.config)
+    config = model.config
+    if tok is not None and tok.vocab_size < config.vocab_size:
+        config = dataclasses.replace(config, vocab_size=tok.vocab_size)  # leave out rows that pad the vocabulary
+    hf_config = config_to_hf(config)
     folder = make_folder(folder)
     tensors = {}
     for name, value in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_weights:
             continue  # the same tensor as transformer.wte.weight; transformers re-ties it
         value = value.detach().float().cpu()
+        if name in ("transformer.wte.weight", "lm_head.weight"):
+            value = value[: config.vocab_size]
         tensors[name] = (value.t() if name.endswith(CONV1D_SUFFIXES) else value).contiguous()
     atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
     write_json(folder / "config.json", hf_config)

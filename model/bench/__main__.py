@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "kernels": "model.bench.kernels",  # the C training kernels vs the PyTorch ops they replace
     "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
     "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate
+    "gpu": "model.bench.gpu",  # one GPU: GPU tests, GPT-2 124M training and decoding against transformers
 }
 
 

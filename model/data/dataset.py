@@ -297,3 +297,45 @@ class TokenDataset:
         x[:n_targets] = data[:-1]
         y[:n_targets] = data[1:]
         return torch.from_numpy(x).view(n_windows, block_size), torch.from_numpy(y).view(n_windows, block_size)
+
+
+class BatchLoader:
+    """A rank's training batches, on the device. On CUDA, while a step runs, the next batch is already
+    read (into pinned memory, which the GPU copies from without the CPU's help) and its copy queued
+    behind the step, so the GPU never waits for data. Elsewhere each batch is read when it is asked for.
+
+    `generator_state()` is the batch generator's state *before* the batch read in advance, so a
+    checkpoint resumes at the first batch that was not trained on."""
+
+    def __init__(self, dataset: TokenDataset, split: str, batch_size: int, block_size: int,
+                 generator: torch.Generator, device: str, rank: int = 0, world_size: int = 1,
+                 prefetch: bool | None = None):
+        self.dataset, self.split, self.batch_size, self.block_size = dataset, split, batch_size, block_size
+        self.generator, self.device, self.rank, self.world_size = generator, device, rank, world_size
+        self.cuda = device.startswith("cuda")
+        self.prefetch = self.cuda if prefetch is None else prefetch
+        self.ahead: tuple[Tensor, Tensor] | None = None
+        self.state_before_ahead: Tensor | None = None
+
+    def _read(self) -> tuple[Tensor, Tensor]:
+        x, y = self.dataset.get_batch(self.split, self.batch_size, self.block_size, self.generator, self.rank,
+                                      self.world_size)
+        if self.cuda:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next batch x, y (B, T) on the device."""
+        batch = self.ahead if self.ahead is not None else self._read()
+        self.ahead = None
+        if self.prefetch:
+            self.state_before_ahead = self.generator.get_state()
+            self.ahead = self._read()
+        return batch
+
+    def generator_state(self) -> Tensor:
+        return self.state_before_ahead if self.ahead is not None else self.generator.get_state()
+
+    def set_generator_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+        self.ahead = None

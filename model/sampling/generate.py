@@ -71,7 +71,9 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot:
     unchanged either way (only the summation order inside a product may differ in the last bits).
     """
     model.to(dtype).eval()
-    if rowdot and model.lm_head.weight.device.type == "cpu":
+    if model.lm_head.weight.device.type != "cpu":
+        return model  # GPU libraries read either layout at full speed: the relayout below is for CPU BLAS
+    if rowdot:
         from model.kernels import build
         from model.kernels.decode import FastDecoder, use_rowdot
 
@@ -110,12 +112,14 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    vocab_size: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token ids (B,) for max_new_tokens steps, continuing the prompts: a (B, T)
     tensor, or a list of token lists of any lengths (left-padded into one batch).
 
     use_cache=False recomputes the whole (cropped) context at every step; it exists to check the
-    cache against, and gives the same greedy tokens.
+    cache against, and gives the same greedy tokens. vocab_size: the tokenizer's, when the model has
+    more rows (a vocabulary padded for speed); ids from vocab_size up are never sampled.
     """
     model.eval()
     device = model.lm_head.weight.device
@@ -144,6 +148,8 @@ def generate(
             logits = fast.step(int(new[0, 0]), caches)  # (1, vocab)
         else:
             logits = model.next_logits(new, window_pad, caches)  # (B, vocab)
+        if vocab_size is not None:
+            logits = logits[:, :vocab_size]  # padding rows are no token
         next_ids = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         # only the last block_size tokens are ever looked at again; keeping one more than that (so the
         # window still slides) bounds memory however many tokens are asked for
@@ -210,7 +216,7 @@ def generate_text(
         generator.seed()
     decoders = [StreamDecoder(tok) for _ in prompts]
     stoppers = [StopAtString(stop) for _ in prompts]
-    tokens = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+    tokens = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, use_cache, tok.vocab_size)
     for next_ids in tokens:
         for row, token in enumerate(next_ids.tolist()):
             text = stoppers[row].push(decoders[row].push([token]))

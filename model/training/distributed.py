@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ class Distributed:
         self.fsdp = fsdp
         self.enabled = env is not None
         self.device = device
+        self.cpu_group = None
         if not self.enabled:
             return
         if device.startswith("cuda"):
@@ -56,26 +58,66 @@ class Distributed:
             raise TinyGPTError(f"distributed training runs on cuda (nccl) or cpu (gloo), not on '{device}'")
         if not dist.is_initialized():
             dist.init_process_group(backend, device_id=torch.device(self.device) if backend == "nccl" else None)
+        # host-side agreements (the stop request) go through gloo on CPU tensors: over nccl they would
+        # wait for the GPU to finish the step's queued work
+        self.cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
 
     @property
     def is_master(self) -> bool:
         """Rank 0: the only one that prints, logs and writes files."""
         return self.rank == 0
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP wrapper (gradients all-reduced in backward), or FSDP sharding of the model in place."""
-        if not self.enabled and not self.fsdp:
-            return model
-        if not self.enabled:
+    def check_fsdp(self) -> None:
+        if self.fsdp and not self.enabled:
             raise TinyGPTError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
-        if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
 
-            # Each block is its own unit: its weights are gathered just before it runs and freed after,
-            # so only one block is ever whole in memory; the root holds embeddings and the final norm.
-            for block in model.transformer.h:
-                fully_shard(block)
-            fully_shard(model)
+    def build_sharded(self, build: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor] | None,
+                      dtype: torch.dtype) -> torch.nn.Module:
+        """The model `build` makes, sharded by FSDP over the ranks without ever being whole on a GPU.
+
+        It is built on the meta device (shapes only, no memory), sharded, and only then given memory on
+        this rank's device, each rank holding 1/world_size of every weight. The values come from
+        `weights` (a full state dict on every rank: resume, finetuning) or, for a new model, from one
+        built normally on rank 0's CPU with the run's seed, so the initial weights are exactly those of
+        a single-process run; rank 0 sends each rank its shards, one tensor at a time.
+
+        Weights are gathered in `dtype` for the forward and backward passes (MixedPrecisionPolicy), and
+        gradients are reduced over the ranks in float32; the sharded weights, gradients and optimizer
+        state stay float32."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        reference = build() if self.is_master else None  # on the CPU, before the meta build: same RNG draws
+        with torch.device("meta"):
+            model = build()
+        policy = MixedPrecisionPolicy(param_dtype=None if dtype == torch.float32 else dtype,
+                                      reduce_dtype=torch.float32)
+        # Each block is its own unit: its weights are gathered just before it runs and freed after,
+        # so only one block is ever whole in memory; the root holds embeddings and the final norm.
+        for block in model.transformer.h:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        register_fsdp_forward_method(model, "next_logits")  # sampling calls it instead of forward
+        model.to_empty(device=self.device)
+        if weights is None:
+            weights = reference.state_dict() if reference is not None else {}
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        else:
+            options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, weights, options=options)
+        # buffers outside the state dict (e.g. rotary frequencies) come from rank 0's CPU model
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if reference is not None:
+                    buffer.copy_(reference.get_buffer(name))
+                dist.broadcast(buffer, src=0)
+        return model
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The DDP wrapper (gradients all-reduced in backward); the model itself when not distributed or
+        when FSDP already sharded it (build_sharded)."""
+        self.check_fsdp()
+        if not self.enabled or self.fsdp:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -92,18 +134,23 @@ class Distributed:
             return contextlib.nullcontext()
         return contextlib.nullcontext() if last_micro_step else model.no_sync()
 
-    def mean(self, value: float) -> float:
-        """The average of a number over all ranks (e.g. each rank's loss on its part of the batch)."""
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of a tensor over all ranks (e.g. each rank's loss on its part of the batch), on the
+        device: nothing waits for the result until it is read."""
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.item()) / self.world_size
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world_size
 
-    @staticmethod
-    def full(value: torch.Tensor) -> float:
-        """A scalar as a float, also when FSDP returns it as a DTensor (e.g. the gradient norm)."""
-        return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+    def agreed_max(self, value: int) -> int:
+        """The largest of every rank's `value`, on every rank: one small all-reduce of a CPU tensor
+        (e.g. the signal number of a stop request, 0 for none), so all ranks decide alike."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device="cpu" if self.cpu_group is not None else self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return int(t.item())
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (small plain data, e.g. RNG states), in rank order, on every rank."""

@@ -147,6 +147,7 @@ def sample_text(model: torch.nn.Module, tokenizer, n_tokens: int, device: str, s
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([start], dtype=torch.long, device=device)
     stream = StreamDecoder(tokenizer)
-    text = "".join(stream.push(ids.tolist()) for ids in generate(model, idx, n_tokens, 0.8, 200, None, generator))
+    tokens = generate(model, idx, n_tokens, 0.8, 200, None, generator, vocab_size=tokenizer.vocab_size)
+    text = "".join(stream.push(ids.tolist()) for ids in tokens)
     model.train(was_training)
     return text + stream.flush()

@@ -11,6 +11,10 @@ that cannot possibly fit are refused:
                                                 Recomputation in Large Transformer Models", sec. 4.1)
     logits                                      B*T*vocab float32 values, about 3 copies (logits,
                                                 softmax, their gradient)
+
+Under FSDP each of N ranks keeps 1/N of the weights, gradients and AdamW state, plus the weights of
+the units it has gathered whole: the block running and the next one, prefetched, in the compute dtype
+(the root's embeddings and LM head too, while they run). Activations are per rank, as without FSDP.
 """
 
 from __future__ import annotations
@@ -42,7 +46,18 @@ class MemoryEstimate:
         return self.state_bytes + self.activation_bytes
 
 
-def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype: torch.dtype) -> MemoryEstimate:
+def gathered_bytes(model_config: GPTConfig, dtype: torch.dtype) -> int:
+    """Weights an FSDP rank holds whole at once, in the compute dtype: two blocks (the one running and
+    the one prefetched) and the root's parameters (embeddings, final norm, LM head)."""
+    report = Report(model_config)
+    root = report.group_total("embeddings") + report.group_total("lm_head")
+    block = (report.total - root) // model_config.n_layer
+    return (2 * block + root) * dtype.itemsize
+
+
+def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype: torch.dtype,
+                             shards: int = 1) -> MemoryEstimate:
+    """Memory of one rank; shards > 1 is FSDP over that many ranks."""
     B, T, C = config.batch_size, model_config.block_size, model_config.n_embd
     activation_size = dtype.itemsize
     per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
@@ -50,6 +65,8 @@ def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype
     logits = 3 * B * T * model_config.vocab_size * 4
     report = Report(model_config)  # counted from the config: nothing is allocated, even for 175B
     state = report.memory_bytes()["fp32"]["total"]  # weights, gradients and AdamW's moments stay float32
+    if shards > 1:
+        state = -(-state // shards) + gathered_bytes(model_config, dtype)
     return MemoryEstimate(report.total, state, activations + logits)
 
 
@@ -74,15 +91,17 @@ def _gb(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:,.1f} GB"
 
 
-def check_fits(model_config: GPTConfig, config: TrainConfig, device: str, dtype: torch.dtype) -> MemoryEstimate:
-    """Raise TinyGPTError, before the model is built, when the run cannot fit in the device's memory."""
-    estimate = estimate_training_memory(model_config, config, dtype)
+def check_fits(model_config: GPTConfig, config: TrainConfig, device: str, dtype: torch.dtype,
+               shards: int = 1) -> MemoryEstimate:
+    """Raise TinyGPTError, before the model is built, when the run cannot fit in the device's memory
+    (each rank's device, with FSDP over `shards` ranks)."""
+    estimate = estimate_training_memory(model_config, config, dtype, shards)
     available = machine_memory(device)
     if available is not None and estimate.total_bytes > available:
         raise TinyGPTError(
             f"this config needs about {_gb(estimate.total_bytes)} but {device} has {_gb(available)}: "
             f"{estimate.n_params / 1e6:,.1f}M parameters take {_gb(estimate.state_bytes)} with gradients and "
-            f"AdamW state, and activations for batch_size={config.batch_size} x block_size="
+            f"AdamW state{f' per rank, sharded over {shards}' if shards > 1 else ''}, and activations for batch_size={config.batch_size} x block_size="
             f"{model_config.block_size} about {_gb(estimate.activation_bytes)}; make the model, batch_size "
             f"or block_size smaller"
         )

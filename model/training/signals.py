@@ -6,12 +6,18 @@ first signal only raises a flag: the training loop finishes the step it is in, s
 exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), like a shell does. A second
 signal means the user insists: it stops at once (checkpoints are written atomically, so the previous
 one is still whole).
+
+Under torchrun a signal may reach one rank only, or reach the ranks a step apart. The ranks agree after
+every step (`agreed`, one small all-reduce), so all of them stop after the same step, take part in one
+save together and exit with the same status. Once that save is written, further signals (torchrun
+sends SIGTERM to the ranks still running when one exits) change nothing.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from model.errors import Interrupted
@@ -27,10 +33,12 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.saved = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
         self.signum = None
+        self.saved = False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -42,6 +50,8 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        if self.saved:
+            return  # the stop's checkpoint is written: the run is exiting anyway, with this status
         if self.signum is not None:
             raise KeyboardInterrupt  # second signal: stop now, without the final save
         self.signum = signum
@@ -49,6 +59,18 @@ class GracefulStop:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def mark_saved(self) -> None:
+        """The stop's checkpoint is written: from now on signals are ignored while the run exits."""
+        self.saved = True
+
+    def agreed(self, agreed_max: Callable[[int], int]) -> bool:
+        """Whether any rank was asked to stop, given the ranks' all-reduce of a maximum (a single process
+        passes its own value through); every rank then takes that request as its own."""
+        signum = agreed_max(self.signum or 0)
+        if signum:
+            self.signum = signum
+        return self.requested
 
     def interrupted(self, iter_num: int, saved: Path) -> Interrupted:
         """The exception that ends the run once the checkpoint at `saved` is written."""

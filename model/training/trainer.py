@@ -19,7 +19,7 @@ from model.training import memory
 from model.training import nonfinite
 from model.training import signals
 from model.config import GPTConfig, TrainConfig, to_dict
-from model.device import autocast, resolve_device, resolve_dtype
+from model.device import allow_tf32, autocast, describe_precision, resolve_device, resolve_dtype
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
 from model.files import remove_stale_temporaries
@@ -30,6 +30,7 @@ from model.training.mfu import MFUMeter
 from model.training.optim import learning_rate, make_optimizer
 from model.nn.report import GROUPS, Report
 from model.training.resume import model_config_for_resume
+from model.training.rng import restore_rng, rng_state
 
 
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
@@ -53,19 +54,13 @@ def _make_out_dir(path: str) -> Path:
     return out
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
-    }
+VOCAB_MULTIPLE = 64
+"""Embedding and LM-head rows are padded to a multiple of this for BPE vocabularies: GPU matmuls run on
+tiles of 64 (and more), so GPT-2's 50,257 rows leave the last tile of every LM-head product ragged."""
 
 
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(int(v) for v in state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+def padded_vocab_size(vocab_size: int) -> int:
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 class Trainer:
@@ -79,6 +74,7 @@ class Trainer:
         self.device = self.dist.device
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.ctx = autocast(self.device, self.dtype)
+        allow_tf32(self.device)
         self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
         if self.dist.is_master:
             remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
@@ -99,6 +95,8 @@ class Trainer:
         resume = None
         if config.init_from == "resume":
             resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
+            if model_config.vocab_size == self.dataset.vocab_size:
+                model_config = dataclasses.replace(model_config, vocab_size=None)  # the checkpoint's may be padded
             model_config = model_config_for_resume(resume, model_config, self.dataset.meta, self.out_dir / checkpoint.LATEST)
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
         pretrained = None
@@ -107,18 +105,23 @@ class Trainer:
             model_config = dataclasses.replace(pretrained.config, dropout=model_config.dropout)
         model_config = self._fit_vocab(model_config)
         self.model_config = model_config
-        memory.check_fits(model_config, config, self.device, self.dtype)  # before allocating anything
+        shards = self.dist.world_size if self.dist.fsdp else 1
+        memory.check_fits(model_config, config, self.device, self.dtype, shards)  # before allocating anything
         self.stop = signals.GracefulStop()  # active inside train(); polled after every step
 
-        self.model = GPT(model_config)
-        if resume is not None:
-            self.model.load_state_dict(resume["model"])
-        if pretrained is not None:
-            self.model.load_state_dict(pretrained.state_dict())
-        self.model.to(self.device)
+        self.dist.check_fsdp()
+        weights = resume["model"] if resume is not None else pretrained.state_dict() if pretrained is not None else None
+        if self.dist.fsdp:
+            self.model = self.dist.build_sharded(lambda: GPT(model_config), weights, self.dtype)
+        else:
+            self.model = GPT(model_config)
+            if weights is not None:
+                self.model.load_state_dict(weights)
+            self.model.to(self.device)
+        del weights, pretrained
         if self.dist.enabled:
             torch.manual_seed(config.seed + self.dist.rank)  # each rank its own dropout masks
-        self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model sharded by FSDP
+        self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model (FSDP already sharded it)
         self.optimizer = make_optimizer(self.model, config, self.device.split(":")[0])
         if resume is not None:
             try:
@@ -131,8 +134,11 @@ class Trainer:
             self.iter_num = int(resume["iter_num"])
             self.best_val_loss = float(resume["best_val_loss"])
             self._restore_position(resume)
-        self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=self.dtype == torch.float16)
-        self.step_model = torch.compile(self.wrapped_model) if config.compile else self.wrapped_model
+        self.guard = nonfinite.StepGuard(self.device, self.dtype, config.on_nan)
+        self.batches = data.BatchLoader(self.dataset, "train", config.batch_size, model_config.block_size,
+                                        self.batch_generator, self.device, self.dist.rank, self.dist.world_size)
+        self.compile = config.compile if config.compile is not None else self.device.startswith("cuda")
+        self.step_model = torch.compile(self.wrapped_model) if self.compile else self.wrapped_model
         self.config_dict = to_dict(model_config, config)
         if self.dist.is_master:
             checkpoint.write_config_json(self.out_dir, self.config_dict)
@@ -154,7 +160,7 @@ class Trainer:
         if not states:
             return
         if len(states) == self.dist.world_size:
-            _restore_rng(states[self.dist.rank])
+            restore_rng(states[self.dist.rank], self.device)
         else:
             self.echo(f"note: checkpoint was written by {len(states)} rank(s), this run has "
                       f"{self.dist.world_size}; dropout and other RNGs restart from seed + rank")
@@ -177,9 +183,12 @@ class Trainer:
         return model
 
     def _fit_vocab(self, model_config: GPTConfig) -> GPTConfig:
+        """The dataset's vocabulary, unless the config asks for more rows. A new model on a BPE vocabulary
+        (GPT-2's 50,257 tokens) gets rows up to a multiple of VOCAB_MULTIPLE, which no token uses."""
         data_vocab = self.dataset.vocab_size
-        if model_config.vocab_size is None:
-            return dataclasses.replace(model_config, vocab_size=data_vocab)
+        if model_config.vocab_size in (None, data_vocab):
+            pad = self.config.init_from == "scratch" and self.tokenizer_meta.get("kind") == "tiktoken"
+            return dataclasses.replace(model_config, vocab_size=padded_vocab_size(data_vocab) if pad else data_vocab)
         if model_config.vocab_size < data_vocab:
             raise TinyGPTError(
                 f"model vocab_size {model_config.vocab_size} is smaller than dataset "
@@ -203,9 +212,10 @@ class Trainer:
 
     def save(self, name: str) -> None:
         # Every rank takes part (FSDP gathers the shards, each rank sends its RNG state); rank 0 writes.
+        self.guard.check(self.echo)  # a bad step since the last check stops the run before it is saved
         full_weights = self.dist.model_state(self.model)
         optimizer_state = self.dist.optimizer_state(self.model, self.optimizer)
-        rng_per_rank = self.dist.gather(_rng_state())
+        rng_per_rank = self.dist.gather(rng_state(self.device))
         if not self.dist.is_master:
             return
         state = checkpoint.model_state(self.model, self.model_config, self.tokenizer_meta)
@@ -217,46 +227,41 @@ class Trainer:
             best_val_loss=self.best_val_loss,
             config=self.config_dict,
             rng=rng_per_rank,
-            data_position={"batch_generator": self.batch_generator.get_state(), "windows_drawn": self.windows_drawn},
+            data_position={"batch_generator": self.batches.generator_state(), "windows_drawn": self.windows_drawn},
         )
         checkpoint.save_checkpoint(self.out_dir / name, state)
 
-    def train_step(self, lr: float) -> tuple[float, float]:
-        """One optimizer step over gradient_accumulation_steps micro-batches; returns (loss, grad norm)."""
+    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over gradient_accumulation_steps micro-batches; returns (loss, grad norm)
+        as tensors on the device. Nothing here waits for the device: reading them is the caller's sync."""
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for micro_step in range(c.gradient_accumulation_steps):
-            x, y = self.dataset.get_batch("train", c.batch_size, self.model_config.block_size, self.batch_generator,
-                                          self.dist.rank, self.dist.world_size)
+            x, y = self.batches.next()
             self.windows_drawn += c.batch_size * self.dist.world_size
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.dist.gradient_sync(self.wrapped_model, micro_step == c.gradient_accumulation_steps - 1):
                 with self.ctx:
                     _, loss = self.step_model(x, y)
                     loss = loss / c.gradient_accumulation_steps
-                self.scaler.scale(loss).backward()
-            total += loss.item()
+                self.guard.backward(loss)
+            total += loss.detach()
         total = self.dist.mean(total)
-        self.scaler.unscale_(self.optimizer)
         # with clipping off, an infinite threshold still measures the norm (for the logs) and clips nothing
-        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
-        grad_norm = self.dist.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if nonfinite.step_is_bad(total, grad_norm, self.model.parameters(), self.iter_num, c.on_nan, self.echo,
-                                 check_grads=not self.scaler.is_enabled()):
-            nonfinite.drop_step(self.optimizer, self.scaler)
-            return total, grad_norm
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.guard.clip(self.model.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf"))
+        self.guard.step(self.optimizer, self.iter_num, total, grad_norm)
         return total, grad_norm
 
     def eval_and_checkpoint(self) -> None:
         losses = self.evaluate()
         self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
-        if self.logger.wants_samples and self.config.sample_tokens > 0:
+        # under FSDP every rank takes part in the forward passes (each holds a shard of every weight)
+        wants_samples = self.config.sample_tokens > 0 and self.logger.wants_samples
+        if self.dist.fsdp:
+            wants_samples = bool(self.dist.agreed_max(int(wants_samples)))
+        if wants_samples:
             c = self.config
             text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed)
             self.logger.log_sample(self.iter_num, losses["val"], text)
@@ -281,7 +286,11 @@ class Trainer:
         c = self.config
         report = Report(self.model_config)
         self.t_start = time.time()
-        self.echo(f"model: {report.total / 1e6:.2f}M parameters, device {self.device}, dtype {str(self.dtype).split('.')[-1]}")
+        self.echo(f"model: {report.total / 1e6:.2f}M parameters, device {self.device}, "
+                  f"{describe_precision(c.dtype, self.device, self.dtype)}, compile {self.compile}")
+        if self.model_config.vocab_size > self.dataset.vocab_size:
+            self.echo(f"vocabulary: {self.dataset.vocab_size:,} tokens in {self.model_config.vocab_size:,} rows "
+                      f"(the rest pad the embedding to a multiple of {VOCAB_MULTIPLE}; never sampled)")
         self.echo(report.summary())
         per_group = {f"params_{group}": report.group_total(group) for group in GROUPS}
         self.logger.summary({"params": report.total, "params_non_embedding": report.non_embedding,
@@ -299,28 +308,36 @@ class Trainer:
         bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
                    dynamic_ncols=True, leave=False)
         t_start = t_last = self.t_start = time.time()
+        iters_since_log = 0
         self.model.train()
         while self.iter_num < c.max_iters:
             if self.iter_num % c.eval_interval == 0 and not (self.iter_num == start_iter and start_iter > 0):
                 self.eval_and_checkpoint()
-                t_last = time.time()  # don't count evaluation time in tokens/s
+                t_last, iters_since_log = time.time(), 0  # don't count evaluation time in tokens/s
             if c.full_eval_interval and self.iter_num % c.full_eval_interval == 0 and self.iter_num > start_iter:
                 self.report_full_val()
-                t_last = time.time()
+                t_last, iters_since_log = time.time(), 0
             lr = learning_rate(self.iter_num, c)
             loss, grad_norm = self.train_step(lr)
             self.iter_num += 1
-            if self.stop.requested:
+            iters_since_log += 1
+            if self.stop.agreed(self.dist.agreed_max):  # every rank stops after the same step
                 self.save(checkpoint.LATEST)
+                self.stop.mark_saved()
                 bar.close()
                 self.logger.finish()
+                self.dist.close()  # every rank has finished the save's collectives before any exits
                 raise self.stop.interrupted(self.iter_num, self.out_dir / checkpoint.LATEST)
-            now = time.time()
-            dt, t_last = now - t_last, now
-            tokens_per_sec = tokens_per_iter / max(dt, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
             if self.iter_num % c.log_interval == 0 or self.iter_num == c.max_iters:
+                # the only host sync of the loop: the step's loss and norm, and whether any step was bad
+                loss, grad_norm = float(loss), float(grad_norm)
+                self.guard.check(self.echo)
+                now = time.time()
+                dt, t_last = (now - t_last) / iters_since_log, now  # seconds per iteration since the last log
+                iters_since_log = 0
+                tokens_per_sec = tokens_per_iter / max(dt, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
                 self.echo(f"iter {self.iter_num}: loss {loss:.4f}, time {dt * 1000:.1f}ms, lr {lr:.2e}, {tokens_per_sec:,.0f} tok/s")
                 self.logger.log({"iter": self.iter_num, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                  "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec)})
