@@ -19,6 +19,7 @@ import torch
 from model import config as configs
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
+from model.files import process_alive
 from model.nn.gpt import GPT
 
 LATEST = "ckpt.pt"
@@ -59,20 +60,10 @@ def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(out_dir).glob(".*.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
 
 
 def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokenizer_meta: dict) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class GPTConfig:
     """MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu2' (squared ReLU)."""
     qk_norm: bool = False
     """RMS-normalise each head's queries and keys before the dot product (steadier at high learning rates)."""
+    given: typing.ClassVar[frozenset[str] | None] = None
+    # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "mlp_ratio"):
@@ -78,6 +80,11 @@ class GPTConfig:
             raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"choose n_head from the divisors of n_embd, e.g. {_nearest_divisors(self.n_embd, self.n_head)}"
+            )
+        if self.pos_embedding == "rope" and self.head_size % 2:
+            raise ConfigError(
+                f"pos_embedding='rope' rotates channel pairs, so the head size n_embd/n_head must be even; "
+                f"got {self.n_embd}/{self.n_head} = {self.head_size}"
             )
         if require_vocab and self.vocab_size is None:
             raise ConfigError("vocab_size is not set; it normally comes from the dataset's meta.json")
@@ -171,6 +178,8 @@ class TrainConfig:
     """Muon's Nesterov momentum."""
     full_eval_interval: int = 0
     """Also compute the full-validation loss every this many iterations (0: only at the end of training)."""
+    given: typing.ClassVar[frozenset[str] | None] = None
+    # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
@@ -204,6 +213,35 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
+        check_seed("seed", self.seed)
+        for name in ("out_dir", "dataset"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name} must not be empty")
+
+    def check_schedule(self) -> None:
+        """Refuse a learning-rate schedule that climbs instead of decaying. Called once the schedule is
+        final (after a resumed run has taken the checkpoint's), not in __post_init__."""
+        if self.decay_lr and self.min_lr > self.learning_rate:
+            raise ConfigError(
+                f"min_lr={self.min_lr:g} is above learning_rate={self.learning_rate:g}, so the cosine decay would "
+                f"raise the rate; set min_lr <= learning_rate (about a tenth of it), or decay_lr=False"
+            )
+
+    def schedule_warnings(self) -> list[str]:
+        """Legal but surprising schedule settings, one line each."""
+        if self.decay_lr and self.warmup_iters > self.lr_decay_iters:
+            return [f"warmup_iters={self.warmup_iters} is beyond lr_decay_iters={self.lr_decay_iters}: the rate "
+                    f"warms up, then drops straight to min_lr at iteration {self.warmup_iters}"]
+        return []
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""Seeds PyTorch's generators accept (64-bit)."""
+
+
+def check_seed(name: str, seed: int) -> None:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"{name} must be a 64-bit integer (from -2**63 to 2**63-1), got {seed}")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -345,7 +383,17 @@ def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
             raise _unknown_key(key)
         cls, _, hint = keys[key]
         per_section[cls][key] = coerce(key, value, hint)
-    return GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
+    model_config, train_config = GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
+    model_config.given, train_config.given = frozenset(per_section[GPTConfig]), frozenset(per_section[TrainConfig])
+    return model_config, train_config
+
+
+def was_given(config: GPTConfig | TrainConfig, key: str) -> bool:
+    """Whether a config file or flag set `key`. For a config built in code (which doesn't record what
+    was passed), a value other than the default counts as set."""
+    if config.given is not None:
+        return key in config.given
+    return getattr(config, key) != getattr(type(config)(), key)
 
 
 def load_config(

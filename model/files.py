@@ -46,3 +46,14 @@ def read_json(path: str | Path) -> Any:
         raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise TinyGPTError(f"{path} is not valid JSON: {e}") from None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (POSIX)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True

@@ -19,6 +19,11 @@ from model.errors import Interrupted
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class StopRequested(Exception):
+    """Raised by `GracefulStop.check` inside long work (an evaluation, a sample) once a stop is requested,
+    so that the training loop can save and exit within seconds, not at the end of that work."""
+
+
 class GracefulStop:
     """Context manager that turns SIGINT/SIGTERM into a flag the training loop polls via `requested`.
 
@@ -50,9 +55,16 @@ class GracefulStop:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def interrupted(self, iter_num: int, saved: Path) -> Interrupted:
-        """The exception that ends the run once the checkpoint at `saved` is written."""
+    def check(self) -> None:
+        """Raise StopRequested if a stop was requested: for loops that take long between training steps."""
+        if self.signum is not None:
+            raise StopRequested
+
+    def interrupted(self, iter_num: int, saved: Path | None) -> Interrupted:
+        """The exception that ends the run once the checkpoint at `saved` is written (None: nothing to save)."""
         name = signal.Signals(self.signum).name
+        if saved is None:
+            return Interrupted(f"{name} received: stopped the evaluation at iteration {iter_num}", 128 + self.signum)
         return Interrupted(
             f"{name} received: stopped after iteration {iter_num} and saved {saved}; "
             f"continue with --init_from=resume",
