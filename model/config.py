@@ -374,6 +374,20 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid UTF-8 text") from None
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The values of a TOML config file, or of a run's config.json (the resolved config it wrote)."""
+    if Path(path).suffix.lower() != ".json":
+        return read_toml(path)
+    from model.files import read_json
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds no config: expected a JSON object of keys and values")
+    return values
+
+
 def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
     """Build both configs from one flat mapping of keys to (TOML or command-line string) values."""
     keys = valid_keys()
@@ -399,8 +413,8 @@ def was_given(config: GPTConfig | TrainConfig, key: str) -> bool:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] | dict[str, Any] = ()
 ) -> tuple[GPTConfig, TrainConfig]:
-    """Load a TOML config (or the defaults, when path is None) and apply overrides on top."""
-    values: dict[str, Any] = read_toml(path) if path is not None else {}
+    """Load a TOML config or a run's config.json (or the defaults, when path is None) and apply overrides on top."""
+    values: dict[str, Any] = read_config_file(path) if path is not None else {}
     for key, value in values.items():
         if isinstance(value, dict):
             raise ConfigError(f"config files are flat; move the keys of table [{key}] to the top level")
