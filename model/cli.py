@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from model.config import check_seed
+from model.config import check_device, check_seed
 from model.errors import ConfigError, Interrupted, TinyGPTError
 from model.files import read_json
 
@@ -28,7 +28,7 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
         try:
             return main(argv) or 0
         except TinyGPTError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             return EXIT_ERROR
         except Interrupted as e:
             print(e, file=sys.stderr)
@@ -42,11 +42,17 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
     return wrapper
 
 
+def one_line(message: str) -> str:
+    """`message` with line breaks and other control characters escaped (a path or a value the user
+    typed may hold them), so an error stays on one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in message)
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake prints a single line instead of usage + message."""
 
     def error(self, message: str):
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        print(f"error: {one_line(message)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -126,6 +132,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise TinyGPTError(f"--top_p must be in (0, 1], got {args.top_p}")
     check_seed("--seed", args.seed)
+    check_device("--device", args.device)
 
     from model.checkpoint import load_model
     from model.device import resolve_device, resolve_dtype

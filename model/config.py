@@ -211,8 +211,7 @@ class TrainConfig:
             raise ConfigError(f"full_eval_interval must be >= 0, got {self.full_eval_interval}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
+        check_device("device", self.device)
         check_seed("seed", self.seed)
         for name in ("out_dir", "dataset"):
             if not getattr(self, name).strip():
@@ -237,6 +236,11 @@ class TrainConfig:
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
 """Seeds PyTorch's generators accept (64-bit)."""
+
+
+def check_device(name: str, device: str) -> None:
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise ConfigError(f"{name} must be one of auto, cpu, cuda, cuda:N, mps; got '{device}'")
 
 
 def check_seed(name: str, seed: int) -> None:

@@ -378,3 +378,20 @@ def test_default_prompt_on_a_vocabulary_without_newline(capsys, shakespeare_text
     assert sample_main([f"--out_dir={tmp_path / 'out'}", "--num_samples=1", "--max_new_tokens=5", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out.startswith(" ")  # the vocabulary's first character: a space
+
+
+def test_a_tiny_temperature_samples_greedily_instead_of_failing(capsys, trained):
+    texts = []
+    for temperature in ("1.7e-175", "1e-320", "0"):
+        argv = [f"--out_dir={trained}", f"--temperature={temperature}", "--num_samples=2", "--max_new_tokens=20"]
+        assert sample_main(argv + ["--quiet"]) == 0, capsys.readouterr().err
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] == texts[2]  # the limit of a temperature going to 0 is greedy decoding
+
+
+def test_a_tiny_top_p_keeps_the_most_likely_token(capsys, trained):
+    argv = [f"--out_dir={trained}", "--num_samples=2", "--max_new_tokens=20", "--quiet"]
+    assert sample_main(argv + ["--top_p=1.7e-175"]) == 0, capsys.readouterr().err
+    nucleus_of_one = capsys.readouterr().out
+    assert sample_main(argv + ["--temperature=0"]) == 0
+    assert nucleus_of_one == capsys.readouterr().out
