@@ -96,7 +96,8 @@ class TrainConfig:
 
     # I/O
     out_dir: str = "out"
-    """Folder for checkpoints (ckpt.pt latest, best.pt best validation), config.json and metrics.jsonl."""
+    """Folder for checkpoints (ckpt.pt latest, best.pt best validation), config.json and metrics.jsonl;
+    one run at a time (it holds out_dir/.lock while it runs)."""
     eval_interval: int = 250
     """Estimate train/val loss (and save checkpoints) every this many iterations."""
     log_interval: int = 10
@@ -108,7 +109,8 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     """Write ckpt.pt at every evaluation; when False it is written only when val loss improves."""
     init_from: str = "scratch"
-    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt, or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
+    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt (with its architecture, and its
+    learning-rate schedule and dropout unless set), or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
     # logging
     wandb_log: bool = False
     """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""

@@ -292,11 +292,14 @@ def test_seed_beyond_64_bits(capsys, trained, char_data_dir, tmp_path):
 
 
 def test_more_samples_at_once_than_memory_holds(capsys, trained, monkeypatch):
+    from model.sampling import generate
     from model.training import memory
 
     monkeypatch.setattr(memory, "machine_memory", lambda device: 4 * 2**30)  # the same answer on any machine
-    line = fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", "--num_samples=1000000"],
-                               "1,000,000 samples at once need about", "--num_samples=")
+    with monkeypatch.context() as m:  # were the check missing, fail here rather than take the machine's memory
+        m.setattr(generate, "generate_text", lambda *args, **kwargs: pytest.fail("generation started"))
+        line = fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", "--num_samples=1000000"],
+                                   "1,000,000 samples at once need about", "--num_samples=")
     fewer = int(line.split("--num_samples=")[1].split()[0].replace(",", ""))
     assert 1 <= fewer < 1_000_000
     assert sample_main([f"--out_dir={trained}", f"--num_samples={min(fewer, 3)}", "--max_new_tokens=2", "--quiet"]) == 0
