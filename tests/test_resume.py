@@ -133,7 +133,7 @@ def test_resumed_run_continues_the_wandb_run(char_data_dir, tmp_path, monkeypatc
     real_init = wandb.init
     monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs) or real_init(**kwargs))
     out = tmp_path / "out"
-    values = tiny_overrides(char_data_dir, out, max_iters=2, wandb_log=True, sample_tokens=4)
+    values = tiny_overrides(char_data_dir, out, max_iters=2, wandb_log=True, wandb_mode="offline", sample_tokens=4)
     assert train_main(flags(values) + ["--quiet"]) == 0
     run_id = load_checkpoint(out / "ckpt.pt")["wandb_run_id"]
     assert run_id and calls[0]["id"] is None
