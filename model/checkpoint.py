@@ -92,8 +92,10 @@ def safe_load(path: Path, device: str | torch.device = "cpu") -> Any:
                 f"refusing to load {path}: it is a pickle of more than tensors and plain data (it calls "
                 f"{', '.join(refers_to[:3])}), and loading it could run code"
             ) from None
-        reason = "a pickle in a form torch.load(weights_only=True) doesn't read" if refers_to == [] else \
-            "it is neither a PyTorch zip file nor a pickle"
+        if refers_to is None:
+            reason = "it is neither a PyTorch zip file nor a pickle"
+        else:
+            reason = "a pickle in a form torch.load(weights_only=True) doesn't read"
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
     raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {reason}")

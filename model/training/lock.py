@@ -61,9 +61,15 @@ class OutDirLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        self.path.unlink(missing_ok=True)  # before closing, so no one locks a file that is on its way out
+        try:
+            self.path.unlink(missing_ok=True)  # before closing, so no one locks a file that is on its way out
+            removed = True
+        except OSError:  # Windows doesn't remove an open file
+            removed = False
         os.close(self.fd)
         self.fd = None
+        if not removed:
+            self.path.unlink(missing_ok=True)
 
     def _lock_with_flock(self) -> int | None:
         """The locked file's descriptor; None when this filesystem doesn't do flock."""

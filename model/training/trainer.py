@@ -333,7 +333,7 @@ class Trainer:
         start_iter = self.iter_num
         hide_bar = self.quiet or not self.dist.is_master
         bar = self.bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
-                   dynamic_ncols=True, leave=False)
+                              dynamic_ncols=True, leave=False)
         t_start = t_last = self.t_start = time.time()
         self.model.train()
         while self.iter_num < c.max_iters:
