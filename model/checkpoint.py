@@ -8,6 +8,8 @@ whose loading would run code). The resolved config is also written as config.jso
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,21 +51,61 @@ def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokeniz
     }
 
 
+def safe_load(path: Path, device: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True), telling a file that holds code-running objects (refused) apart
+    from one that is truncated or not a checkpoint at all, in one line without PyTorch's advice."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": beside the point here
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))  # what an unsafe load would have imported and called
+        refers_to = [named.group(1)] if named else pickled_globals(path)
+        if refers_to:
+            raise TinyGPTError(
+                f"refusing to load {path}: it is a pickle of more than tensors and plain data (it calls "
+                f"{', '.join(refers_to[:3])}), and loading it could run code"
+            ) from None
+        if refers_to is None:
+            reason = "it is neither a PyTorch zip file nor a pickle"
+        else:
+            reason = "a pickle in a form torch.load(weights_only=True) doesn't read"
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
+    raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {reason}")
+
+
+def pickled_globals(path: Path) -> list[str] | None:
+    """The names a pickle (a plain file, or the data.pkl of torch.save's zip) would import when
+    loaded, found by reading its opcodes without running any; None when the file is no whole pickle."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # any way of not being a pickle: truncated, garbage, no data.pkl
+        return None
+    return [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections."))]
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = find_checkpoint(path)
     if not path.is_file():
         raise TinyGPTError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TinyGPTError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data, and loading them "
-            f"could run code ({first_line(e, 160)})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {first_line(e, 200)}") from None
+    ckpt = safe_load(path, device)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise TinyGPTError(f"{path} is not a tinygpt checkpoint (no model weights or config inside)")
     return ckpt

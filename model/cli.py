@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from model.config import parse_bool
+from model.config import check_device, check_seed, parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
 
 EXIT_ERROR = 1
@@ -26,7 +27,7 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
         try:
             return main(argv) or 0
         except TinyGPTError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             return EXIT_ERROR
         except Interrupted as e:
             print(e, file=sys.stderr)
@@ -40,11 +41,17 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
     return wrapper
 
 
+def one_line(message: str) -> str:
+    """`message` with line breaks and other control characters escaped (a path or a value the user
+    typed may hold them), so an error stays on one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in message)
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake prints a single line instead of usage + message."""
 
     def error(self, message: str):
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        print(f"error: {one_line(message)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -86,7 +93,9 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
     parser.add_argument("--init_from", default=None,
                         help="a Hugging Face GPT-2 save_pretrained folder, or a hub name such as gpt2 (overrides --out_dir)")
-    parser.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
+    parser.add_argument("--start", default=None,
+                        help="prompt text, or FILE:path to read it from a file (default: a newline, or the "
+                        "vocabulary's first token if it has none)")
     parser.add_argument("--num_samples", type=int, default=10, help="samples of the prompt, generated as one batch")
     parser.add_argument("--max_new_tokens", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -105,15 +114,20 @@ def sample_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
-    if args.temperature < 0:
-        raise TinyGPTError("--temperature must be >= 0")
+    if not 0 <= args.temperature < math.inf:
+        raise TinyGPTError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise TinyGPTError(f"--top_k must be >= 0 (0 keeps every token), got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise TinyGPTError("--top_p must be in (0, 1]")
+        raise TinyGPTError(f"--top_p must be in (0, 1], got {args.top_p}")
+    check_seed("--seed", args.seed)
+    check_device("--device", args.device)
 
     from model.checkpoint import load_model
     from model.device import resolve_device, resolve_dtype
     from model.sampling.generate import generate_text, prepare_for_sampling
     from model.progress import progress
+    from model.training.memory import check_sampling_fits
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -124,12 +138,13 @@ def sample_main(argv: list[str] | None = None) -> int:
     else:
         model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
     prepare_for_sampling(model, dtype, rowdot=args.compile)
-    prompt = read_prompt(args.start)
+    prompt = read_prompt(args.start) if args.start is not None else default_prompt(tok)
     ids = tok.encode(prompt)
     if not ids:
         if tok.eot_token is None:
             raise TinyGPTError("the prompt is empty; pass some text with --start")
         ids = [tok.eot_token]
+    check_sampling_fits(model.config, args.num_samples, len(ids), args.max_new_tokens, str(device), dtype)
     pieces = generate_text(model, tok, [ids] * args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
                            args.top_p, args.stop, args.seed)
     separator = "\n---------------\n"
@@ -149,6 +164,15 @@ def sample_main(argv: list[str] | None = None) -> int:
         sys.stdout.write("".join(text + separator for text in texts))
     sys.stdout.flush()
     return 0
+
+
+def default_prompt(tok) -> str:
+    """A newline, as nanoGPT starts its samples; for a vocabulary that has none, its first token."""
+    try:
+        tok.encode("\n")
+        return "\n"
+    except TinyGPTError:
+        return tok.decode([0])
 
 
 def read_prompt(start: str) -> str:
@@ -234,10 +258,10 @@ def vocab_from_dataset(data_dir: str, dataset: str) -> int | None:
     return TokenDataset(folder).vocab_size
 
 
-REPORT_USAGE = """usage: python -m model.report [CONFIG.toml] [--key=value ...] [--json]
+REPORT_USAGE = """usage: python -m model.report [CONFIG.toml | OUT_DIR/config.json] [--key=value ...] [--json]
 
 Count a GPT's parameters per component, its FLOPs per token and its training memory, from the config
-alone (nothing is allocated). vocab_size comes from the config, else from the prepared dataset's
+(a TOML file, or the config.json a training run writes) alone (nothing is allocated). vocab_size comes from the config, else from the prepared dataset's
 meta.json; pass --vocab_size=N otherwise."""
 
 
@@ -263,7 +287,10 @@ def report_main(argv: list[str] | None = None) -> int:
                 f"{train_config.data_dir}/; pass --vocab_size=N (e.g. 65 for Tiny Shakespeare characters)"
             )
         model_config = dataclasses.replace(model_config, vocab_size=vocab)
-    report = Report(model_config, Path(config_path).stem if config_path else "defaults")
+    name = "defaults" if not config_path else Path(config_path).stem
+    if config_path and Path(config_path).name == "config.json":  # a run's own config: name it after the run
+        name = Path(config_path).resolve().parent.name
+    report = Report(model_config, name)
     print(json.dumps(report.to_dict(), indent=2) if "--json" in switches else report.format())
     return 0
 

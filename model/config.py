@@ -51,6 +51,8 @@ class GPTConfig:
     """MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu2' (squared ReLU)."""
     qk_norm: bool = False
     """RMS-normalise each head's queries and keys before the dot product (steadier at high learning rates)."""
+    given: typing.ClassVar[frozenset[str] | None] = None
+    # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "mlp_ratio"):
@@ -79,6 +81,11 @@ class GPTConfig:
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"choose n_head from the divisors of n_embd, e.g. {_nearest_divisors(self.n_embd, self.n_head)}"
             )
+        if self.pos_embedding == "rope" and self.head_size % 2:
+            raise ConfigError(
+                f"pos_embedding='rope' rotates channel pairs, so the head size n_embd/n_head must be even; "
+                f"got {self.n_embd}/{self.n_head} = {self.head_size}"
+            )
         if require_vocab and self.vocab_size is None:
             raise ConfigError("vocab_size is not set; it normally comes from the dataset's meta.json")
 
@@ -89,7 +96,8 @@ class TrainConfig:
 
     # I/O
     out_dir: str = "out"
-    """Folder for checkpoints (ckpt.pt latest, best.pt best validation), config.json and metrics.jsonl."""
+    """Folder for checkpoints (ckpt.pt latest, best.pt best validation), config.json and metrics.jsonl;
+    one run at a time (it holds out_dir/.lock while it runs)."""
     eval_interval: int = 250
     """Estimate train/val loss (and save checkpoints) every this many iterations."""
     log_interval: int = 10
@@ -101,7 +109,8 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     """Write ckpt.pt at every evaluation; when False it is written only when val loss improves."""
     init_from: str = "scratch"
-    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt, or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
+    """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt (with its architecture, and its
+    learning-rate schedule and dropout unless set), or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
     # logging
     wandb_log: bool = False
     """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""
@@ -171,6 +180,8 @@ class TrainConfig:
     """Muon's Nesterov momentum."""
     full_eval_interval: int = 0
     """Also compute the full-validation loss every this many iterations (0: only at the end of training)."""
+    given: typing.ClassVar[frozenset[str] | None] = None
+    # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
@@ -202,8 +213,41 @@ class TrainConfig:
             raise ConfigError(f"full_eval_interval must be >= 0, got {self.full_eval_interval}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{self.dtype}'")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
+        check_device("device", self.device)
+        check_seed("seed", self.seed)
+        for name in ("out_dir", "dataset"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name} must not be empty")
+
+    def check_schedule(self) -> None:
+        """Refuse a learning-rate schedule that climbs instead of decaying. Called once the schedule is
+        final (after a resumed run has taken the checkpoint's), not in __post_init__."""
+        if self.decay_lr and self.min_lr > self.learning_rate:
+            raise ConfigError(
+                f"min_lr={self.min_lr:g} is above learning_rate={self.learning_rate:g}, so the cosine decay would "
+                f"raise the rate; set min_lr <= learning_rate (about a tenth of it), or decay_lr=False"
+            )
+
+    def schedule_warnings(self) -> list[str]:
+        """Legal but surprising schedule settings, one line each."""
+        if self.decay_lr and self.warmup_iters > self.lr_decay_iters:
+            return [f"warmup_iters={self.warmup_iters} is beyond lr_decay_iters={self.lr_decay_iters}: the rate "
+                    f"warms up, then drops straight to min_lr at iteration {self.warmup_iters}"]
+        return []
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""Seeds PyTorch's generators accept (64-bit)."""
+
+
+def check_device(name: str, device: str) -> None:
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise ConfigError(f"{name} must be one of auto, cpu, cuda, cuda:N, mps; got '{device}'")
+
+
+def check_seed(name: str, seed: int) -> None:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"{name} must be a 64-bit integer (from -2**63 to 2**63-1), got {seed}")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -361,6 +405,20 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid UTF-8 text") from None
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The values of a TOML config file, or of a run's config.json (the resolved config it wrote)."""
+    if Path(path).suffix.lower() != ".json":
+        return read_toml(path)
+    from model.files import read_json
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds no config: expected a JSON object of keys and values")
+    return values
+
+
 def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
     """Build both configs from one flat mapping of keys to (TOML or command-line string) values."""
     keys = valid_keys()
@@ -370,14 +428,24 @@ def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
             raise _unknown_key(key)
         cls, _, hint = keys[key]
         per_section[cls][key] = coerce(key, value, hint)
-    return GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
+    model_config, train_config = GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
+    model_config.given, train_config.given = frozenset(per_section[GPTConfig]), frozenset(per_section[TrainConfig])
+    return model_config, train_config
+
+
+def was_given(config: GPTConfig | TrainConfig, key: str) -> bool:
+    """Whether a config file or flag set `key`. For a config built in code (which doesn't record what
+    was passed), a value other than the default counts as set."""
+    if config.given is not None:
+        return key in config.given
+    return getattr(config, key) != getattr(type(config)(), key)
 
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] | dict[str, Any] = ()
 ) -> tuple[GPTConfig, TrainConfig]:
-    """Load a TOML config (or the defaults, when path is None) and apply overrides on top."""
-    values: dict[str, Any] = read_toml(path) if path is not None else {}
+    """Load a TOML config or a run's config.json (or the defaults, when path is None) and apply overrides on top."""
+    values: dict[str, Any] = read_config_file(path) if path is not None else {}
     for key, value in values.items():
         if isinstance(value, dict):
             raise ConfigError(f"config files are flat; move the keys of table [{key}] to the top level")

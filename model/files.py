@@ -68,20 +68,10 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(".*.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
 
 
 def write_json(path: str | Path, value: Any) -> None:
@@ -98,3 +88,14 @@ def read_json(path: str | Path) -> Any:
         raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise TinyGPTError(f"{path} is not valid JSON: {e}") from None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (POSIX)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True

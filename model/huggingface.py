@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.checkpoint import safe_load
 from model.data import tokenizer as tokenizers
 from model.config import GPTConfig
 from model.errors import TinyGPTError, first_line
@@ -107,12 +106,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {first_line(e, 200)}") from None
     if bin_path.is_file():
-        try:
-            return torch.load(bin_path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise TinyGPTError(f"refusing to load {bin_path}: it holds objects other than tensors") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-            raise TinyGPTError(f"{bin_path} is not a readable checkpoint: {first_line(e, 200)}") from None
+        return safe_load(bin_path)
     raise TinyGPTError(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded checkpoints aren't supported)")
 
 

@@ -11,10 +11,13 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tiny_overrides
 from model.cli import prepare_main, sample_main, train_main
+from model.config import GPTConfig
+from model.nn.report import Report
 
 
 def vocab_size(data_dir: Path) -> int:
@@ -82,14 +85,14 @@ def test_empty_corpus(capsys, tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}",
                                                f"--input={tmp_path / 'empty.txt'}", "--tokenizer=char"], "is empty")
-    assert not (tmp_path / "x" / "meta.json").exists()
+    assert not (tmp_path / "x").exists()  # no empty dataset folder left behind
 
 
 def test_non_utf8_corpus(capsys, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café olé\n".encode("latin-1"))
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}",
                                                f"--input={tmp_path / 'latin1.txt'}"], "not UTF-8", "offset 3")
-    assert not (tmp_path / "x" / "meta.json").exists()
+    assert not (tmp_path / "x").exists()
 
 
 def test_truncated_bin(capsys, char_data_dir, tmp_path):
@@ -247,7 +250,7 @@ def test_disk_full_while_preparing_a_dataset(capsys, corpus, tmp_path, monkeypat
     monkeypatch.setattr(model.files.os, "fsync", disk_full)
     fails_with_one_line(capsys, prepare_main, ["--dataset=x", f"--data_dir={tmp_path}", f"--input={corpus}"],
                         "could not write", "train.bin", "No space left on device")
-    assert list((tmp_path / "x").iterdir()) == []  # neither a half train.bin nor a meta.json
+    assert not (tmp_path / "x").exists()  # no half train.bin, no meta.json, no empty folder
 
 
 def test_dataset_folder_that_cannot_be_created(capsys, corpus, tmp_path):
@@ -280,3 +283,133 @@ def test_a_library_error_contributes_its_first_line():
     assert first_line(ValueError("\n  no such file\nTraceback details...")) == "no such file"
     assert first_line(ValueError("no such file"), 5) == "no su"
     assert first_line(ValueError("")) == ""
+
+
+# -- inputs an adversarial user tried ---------------------------------------------------------------
+@pytest.mark.parametrize("n_embd, n_head", [(30, 2), (32, 32)], ids=["head-size-15", "head-size-1"])
+def test_rope_with_an_odd_head_size(capsys, char_data_dir, tmp_path, n_embd, n_head):
+    values = tiny_overrides(char_data_dir, tmp_path / "out", pos_embedding="rope", n_embd=n_embd, n_head=n_head)
+    fails_with_one_line(capsys, train_main, flags(values), "pos_embedding='rope'", "head size", "must be even")
+    report = Report(GPTConfig(n_embd=n_embd, n_head=n_head, pos_embedding="rope", vocab_size=65)).to_dict()
+    assert report["buildable"] is False and "even" in report["unbuildable_reason"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-0.5"])
+def test_sample_temperature_not_a_finite_non_negative_number(capsys, trained, value):
+    fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", f"--temperature={value}"], "--temperature")
+
+
+def test_seed_beyond_64_bits(capsys, trained, char_data_dir, tmp_path):
+    huge = "99999999999999999999"
+    fails_with_one_line(capsys, train_main, flags(tiny_overrides(char_data_dir, tmp_path / "out", seed=huge)),
+                        "seed must be a 64-bit integer")
+    fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", f"--seed={huge}"], "--seed must be a 64-bit")
+
+
+def test_more_samples_at_once_than_memory_holds(capsys, trained, monkeypatch):
+    from model.sampling import generate
+    from model.training import memory
+
+    monkeypatch.setattr(memory, "machine_memory", lambda device: 4 * 2**30)  # the same answer on any machine
+    with monkeypatch.context() as m:  # were the check missing, fail here rather than take the machine's memory
+        m.setattr(generate, "generate_text", lambda *args, **kwargs: pytest.fail("generation started"))
+        line = fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", "--num_samples=1000000"],
+                                   "1,000,000 samples at once need about", "--num_samples=")
+    fewer = int(line.split("--num_samples=")[1].split()[0].replace(",", ""))
+    assert 1 <= fewer < 1_000_000
+    assert sample_main([f"--out_dir={trained}", f"--num_samples={min(fewer, 3)}", "--max_new_tokens=2", "--quiet"]) == 0
+
+
+def test_empty_out_dir_writes_nothing_into_the_current_folder(capsys, char_data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = tiny_overrides(char_data_dir, "", max_iters=2)
+    fails_with_one_line(capsys, train_main, flags(values), "out_dir must not be empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data"]
+
+
+def test_negative_top_k(capsys, trained):
+    fails_with_one_line(capsys, sample_main, [f"--out_dir={trained}", "--top_k=-3"], "--top_k must be >= 0")
+
+
+def test_min_lr_above_learning_rate(capsys, char_data_dir, tmp_path):
+    values = tiny_overrides(char_data_dir, tmp_path / "out", learning_rate=1e-4, min_lr=1e-3)
+    fails_with_one_line(capsys, train_main, flags(values), "min_lr=0.001 is above learning_rate=0.0001")
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+    assert train_main(flags({**values, "decay_lr": "False", "max_iters": "1"}) + ["--quiet"]) == 0  # unused then
+
+
+def test_warmup_beyond_lr_decay_iters_warns_in_one_line(capsys, char_data_dir, tmp_path):
+    values = tiny_overrides(char_data_dir, tmp_path / "out", max_iters=2, warmup_iters=50, lr_decay_iters=10)
+    assert train_main(flags(values) + ["--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: warmup_iters=50 is beyond lr_decay_iters=10: the rate warms up, then drops straight "
+                   "to min_lr at iteration 50"]
+
+
+def test_garbage_checkpoint_is_corrupt_not_dangerous(capsys, tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"garbage")  # 7 bytes
+    line = fails_with_one_line(capsys, sample_main, [f"--out_dir={tmp_path}"], "not a readable checkpoint")
+    assert "could run code" not in line
+
+
+def test_refusal_names_what_would_run_and_ends_cleanly(capsys, tmp_path):
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    for name, write in [("zip.pt", torch.save), ("plain.pt", lambda obj, f: pickle.dump(obj, open(f, "wb")))]:
+        write({"model": RunsCodeWhenUnpickled(marker), "model_config": {}}, tmp_path / name)
+        line = fails_with_one_line(capsys, sample_main, [f"--checkpoint={tmp_path / name}"],
+                                   "refusing to load", "mkdir", "could run code")
+        assert line.endswith("and loading it could run code") and "torch.load" not in line
+        assert not marker.exists()
+
+
+def test_offline_download_advice_is_a_command_that_works(capsys, corpus, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("TINYSHAKESPEARE_PATH", raising=False)
+    data_dir = tmp_path / "data"
+    values = tiny_overrides(data_dir, tmp_path / "out", dataset="shakespeare_char", max_iters=1)
+    line = fails_with_one_line(capsys, train_main, flags(values), "could not download")
+    advice = line.split("run ", 1)[1]
+    assert advice.startswith("python data/prepare.py --dataset=shakespeare_char --input=FILE"), advice
+    assert not (data_dir / "shakespeare_char").exists()  # the failed prepare left no empty folder
+    args = advice.split(",")[0].split()[2:]  # the prepare flags, as the message spells them
+    args = [a.replace("FILE", str(corpus)) for a in args] + [f"--data_dir={data_dir}", "--quiet"]
+    assert prepare_main(args) == 0
+    assert train_main(flags(values) + ["--quiet"]) == 0
+
+
+def test_default_prompt_on_a_vocabulary_without_newline(capsys, shakespeare_text, tmp_path):
+    from model.data.dataset import prepare
+
+    (tmp_path / "one-line.txt").write_text(shakespeare_text[:20_000].replace("\n", " "), encoding="utf-8")
+    prepare("flat", tmp_path / "data", input_path=str(tmp_path / "one-line.txt"), tokenizer="char", quiet=True)
+    values = tiny_overrides(tmp_path / "data", tmp_path / "out", dataset="flat", max_iters=1)
+    assert train_main(flags(values) + ["--quiet"]) == 0
+    capsys.readouterr()
+    assert sample_main([f"--out_dir={tmp_path / 'out'}", "--num_samples=1", "--max_new_tokens=5", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith(" ")  # the vocabulary's first character: a space
+
+
+def test_a_tiny_temperature_samples_greedily_instead_of_failing(capsys, trained):
+    texts = []
+    for temperature in ("1.7e-175", "1e-320", "0"):
+        argv = [f"--out_dir={trained}", f"--temperature={temperature}", "--num_samples=2", "--max_new_tokens=20"]
+        assert sample_main(argv + ["--quiet"]) == 0, capsys.readouterr().err
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] == texts[2]  # the limit of a temperature going to 0 is greedy decoding
+
+
+def test_a_tiny_top_p_keeps_the_most_likely_token(capsys, trained):
+    argv = [f"--out_dir={trained}", "--num_samples=2", "--max_new_tokens=20", "--quiet"]
+    assert sample_main(argv + ["--top_p=1.7e-175"]) == 0, capsys.readouterr().err
+    nucleus_of_one = capsys.readouterr().out
+    assert sample_main(argv + ["--temperature=0"]) == 0
+    assert nucleus_of_one == capsys.readouterr().out

@@ -3,6 +3,7 @@ a huge generation can be interrupted; the memory check counts parameters like th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -17,11 +18,11 @@ import pytest
 from conftest import ROOT, tiny_overrides
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
-from model.errors import TinyGPTError
+from model.errors import Interrupted, TinyGPTError
 from model.files import remove_stale_temporaries
 from model.nn.gpt import GPT
 from model.nn.report import count_parameters
-from model.training.signals import GracefulStop
+from model.training.signals import GracefulStop, StopRequested
 from model.training.trainer import Trainer, train
 
 # A lone subprocess on a shared 2-core machine is much faster with one thread than fighting for two.
@@ -216,3 +217,74 @@ def test_parameter_formula_matches_the_model(bias, tie_weights, mlp_ratio):
     config = GPTConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=bias,
                        tie_weights=tie_weights, mlp_ratio=mlp_ratio)
     assert count_parameters(config) == sum(p.numel() for p in GPT(config).parameters())
+
+
+# -- a stop request during long work between steps -----------------------------------------------
+def stop_after(calls: int):
+    """A check_stop that requests the stop on its calls-th call, counting the calls made."""
+    count = []
+
+    def check() -> None:
+        count.append(1)
+        if len(count) >= calls:
+            raise StopRequested
+
+    return check, count
+
+
+def test_evaluation_sample_and_full_validation_check_for_a_stop_request(trained, char_data_dir):
+    from model.data.dataset import TokenDataset
+    from model.training.evaluate import estimate_loss, split_loss
+    from model.training.logger import sample_text
+
+    model, tok, _ = checkpoint.load_model(trained / "ckpt.pt")
+    dataset = TokenDataset(char_data_dir / "tiny")
+    ctx = contextlib.nullcontext()
+    check, count = stop_after(3)
+    with pytest.raises(StopRequested):
+        sample_text(model, tok, 10**9, "cpu", 0, check)
+    assert len(count) == 3  # after the third token, not after a billion
+    check, count = stop_after(2)
+    with pytest.raises(StopRequested):
+        split_loss(model, dataset, "val", 8, 1, ctx, "cpu", check_stop=check)
+    assert len(count) == 2
+    check, count = stop_after(5)
+    with pytest.raises(StopRequested):
+        estimate_loss(model, dataset, 1, 8, 10**6, ctx, "cpu", 0, check_stop=check)
+    assert len(count) == 5
+
+
+@pytest.mark.parametrize("eval_only", [False, True], ids=["training", "eval_only"])
+def test_a_signal_during_the_first_evaluation_stops_before_any_step(char_data_dir, tmp_path, eval_only):
+    out = tmp_path / "out"
+    values = tiny_overrides(char_data_dir, out, eval_iters=10**6, eval_only=eval_only)  # an evaluation of hours
+    trainer = Trainer(*load_config(None, values), quiet=True)
+    with trainer.stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        started = time.time()
+        with pytest.raises(Interrupted) as stopped:
+            trainer.run()
+    assert time.time() - started < 30 and stopped.value.exit_code == 130
+    if eval_only:
+        assert str(stopped.value) == "SIGINT received: stopped the evaluation at iteration 0"
+        assert not (out / "ckpt.pt").exists()
+    else:
+        assert str(stopped.value).startswith("SIGINT received: stopped after iteration 0 and saved ")
+        assert checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"] == 0
+
+
+@pytest.mark.slow
+def test_one_sigint_stops_a_run_busy_with_a_huge_evaluation_sample(char_data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = start("train.py", *run_forever(char_data_dir, out, wandb_log=True, wandb_mode="offline",
+                                          sample_tokens=10**6, eval_interval=10**6))
+    wait_for_line(proc, "step 0:")  # printed after the loss estimate, before the sample of a million tokens
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("SIGINT received: stopped after iteration 0 and saved "), stderr
+    assert "Traceback" not in stderr
+    assert checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"] == 0

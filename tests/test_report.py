@@ -184,6 +184,21 @@ def test_vocab_comes_from_the_prepared_dataset(char_data_dir, capsys):
     assert summary["config"]["vocab_size"] == meta["vocab_size"]
 
 
+def test_a_runs_config_json_is_read_like_a_toml_config(trained, capsys):
+    from model.checkpoint import load_model
+
+    assert main([str(trained / "config.json"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    model, _, _ = load_model(trained / "ckpt.pt")
+    assert summary["total"] == model.num_params()  # the run's model, with its resolved vocab_size
+    assert summary["config"]["n_layer"] == 2 and summary["config"]["vocab_size"] == model.config.vocab_size
+    assert main([str(trained / "config.json"), "--n_layer=3"]) == 0  # flags still override it
+    assert capsys.readouterr().out.startswith(f"{trained.name}: 3 layers")
+    (trained / "broken.json").write_text("[1, 2]")
+    assert main([str(trained / "broken.json")]) == 1
+    assert "holds no config" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

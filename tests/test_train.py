@@ -7,7 +7,7 @@ from conftest import tiny_overrides
 from model.checkpoint import load_checkpoint, load_model
 from model.cli import train_main
 from model.config import load_config
-from model.training.trainer import train
+from model.training.trainer import Trainer, train
 
 
 def run(data_dir, out_dir, **extra):
@@ -51,6 +51,35 @@ def test_gradient_accumulation_and_eval_only(char_data_dir, tmp_path):
     run(char_data_dir, out, gradient_accumulation_steps=2, max_iters=4, lr_decay_iters=4)
     summary = run(char_data_dir, out, init_from="resume", eval_only=True)
     assert summary["iter_num"] == 4 and summary["full_val_loss"] > 0
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_data_dir, tmp_path, one_thread, k):
+    B, T = 4, 32
+
+    def trainer(batch_size: int, steps: int, name: str) -> Trainer:
+        values = tiny_overrides(char_data_dir, tmp_path / name, batch_size=batch_size, block_size=T,
+                                gradient_accumulation_steps=steps, dropout=0.0, dtype="float32")
+        return Trainer(*load_config(None, values), quiet=True)
+
+    def serve(batches):  # the trainer's batches, in order, instead of random draws
+        batches = iter(batches)
+        return lambda *args, **kwargs: next(batches)
+
+    one, accumulated = trainer(k * B, 1, "one"), trainer(B, k, "accumulated")
+    before = [p.detach().clone() for p in one.model.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(before, accumulated.model.parameters()))  # same seed
+    x, y = one.dataset.get_batch("train", k * B, T, torch.Generator().manual_seed(0))
+    one.dataset.get_batch = serve([(x, y)])
+    accumulated.dataset.get_batch = serve([(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B]) for i in range(k)])
+
+    loss_one, norm_one = one.train_step(1e-3)
+    loss_accumulated, norm_accumulated = accumulated.train_step(1e-3)
+    assert loss_accumulated == pytest.approx(loss_one, rel=1e-5)
+    assert norm_accumulated == pytest.approx(norm_one, rel=1e-5)  # the summed gradient, not k times it
+    for (name, p), q, p0 in zip(one.model.named_parameters(), accumulated.model.parameters(), before):
+        assert not torch.equal(p, p0), name  # the step moved every weight
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
 
 
 def test_cli_trains_and_reports_full_val_loss(char_data_dir, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,16 @@ def read_corpus(path: str | Path) -> str:
     return text
 
 
-def download(url: str, dest: Path, timeout: float = 30.0) -> None:
+def download(url: str, dest: Path, dataset: str, timeout: float = 30.0) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
     except Exception as e:
+        source = KNOWN_DATASETS.get(dataset)
+        env = f", or set {source.env}=FILE" if source and source.env else ""
         raise TinyGPTError(
-            f"could not download {url} ({type(e).__name__}: {e}); pass --input=FILE or set the dataset's "
-            f"environment variable (e.g. {TINYSHAKESPEARE_ENV}) to a local copy"
+            f"could not download {url} ({type(e).__name__}: {e}); with a local copy of the text, run "
+            f"python data/prepare.py --dataset={dataset} --input=FILE{env}"
         ) from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest, data)
@@ -92,7 +95,7 @@ def resolve_input(dataset: str, input_path: str | None, url: str | None, folder:
     cached = folder / "input.txt"
     if not cached.is_file():
         print(f"downloading {url} -> {cached}")
-        download(url, cached)
+        download(url, cached, dataset)
     return cached
 
 
@@ -109,9 +112,21 @@ def prepare(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
-    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
+    folder = Path(data_dir) / dataset
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+    make_folder(folder, "dataset folder")
+    try:
+        return _prepare_into(folder, dataset, kind, input_path, url, quiet)
+    except BaseException:
+        if created is not None:  # a failed prepare leaves no folder behind that it made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
+                  quiet: bool) -> dict[str, Any]:
     path = resolve_input(dataset, input_path, url, folder)
     text = read_corpus(path)
     tok = tokenizers.make(kind, text)

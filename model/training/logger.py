@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class RunLogger:
         wandb_mode: str = "",
         wandb_log_checkpoint: bool = False,
         resume_iter: int | None = None,
+        wandb_run_id: str | None = None,
     ):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
@@ -54,8 +56,10 @@ class RunLogger:
                 import wandb
             except ImportError:
                 raise TinyGPTError("wandb_log=True but wandb is not installed; pip install wandb") from None
+            # a resumed run passes the id its checkpoint kept, and goes on with that wandb run's curves
             self.wandb_run = wandb.init(
-                project=wandb_project, name=wandb_run_name, config=config, dir=str(out_dir), mode=wandb_mode or None
+                project=wandb_project, name=wandb_run_name, config=config, dir=str(out_dir), mode=wandb_mode or None,
+                id=wandb_run_id, resume="allow" if wandb_run_id else None,
             )
             # several records share an iteration (training step, evaluation, sample), so "iter" is the
             # x-axis of every chart rather than wandb's own step, which must grow with each log call
@@ -103,6 +107,13 @@ class RunLogger:
             self.wandb_run.summary.update(values)
 
     @property
+    def wandb_run_id(self) -> str | None:
+        """The id of the wandb run being logged to (kept in checkpoints, so a resumed run continues it)."""
+        if self.wandb_run is None or getattr(self.wandb_run, "disabled", False):
+            return None
+        return self.wandb_run.id
+
+    @property
     def wants_samples(self) -> bool:
         """True when a text sample would go somewhere (not with WANDB_MODE=disabled, whose run is a no-op)."""
         return self.wandb_run is not None and not getattr(self.wandb_run, "disabled", False)
@@ -133,9 +144,11 @@ class RunLogger:
 
 
 @torch.no_grad()
-def sample_text(model: torch.nn.Module, tokenizer, n_tokens: int, device: str, seed: int) -> str:
+def sample_text(model: torch.nn.Module, tokenizer, n_tokens: int, device: str, seed: int,
+                check_stop: Callable[[], None] | None = None) -> str:
     """A short sample from the model as it is now, from the same seed each time (so samples logged
-    at successive evaluations differ because the model changed, not the dice)."""
+    at successive evaluations differ because the model changed, not the dice). check_stop, called
+    before each token, may raise to abandon the sample (a stop request)."""
     from model.sampling.generate import generate
     from model.data.tokenizer import StreamDecoder
 
@@ -147,7 +160,11 @@ def sample_text(model: torch.nn.Module, tokenizer, n_tokens: int, device: str, s
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([start], dtype=torch.long, device=device)
     stream = StreamDecoder(tokenizer)
-    tokens = generate(model, idx, n_tokens, 0.8, 200, None, generator, vocab_size=tokenizer.vocab_size)
-    text = "".join(stream.push(ids.tolist()) for ids in tokens)
+    pieces = []
+    for ids in generate(model, idx, n_tokens, 0.8, 200, None, generator, vocab_size=tokenizer.vocab_size):
+        pieces.append(stream.push(ids.tolist()))
+        if check_stop is not None:
+            check_stop()
+    text = "".join(pieces)
     model.train(was_training)
     return text + stream.flush()

@@ -15,6 +15,10 @@ that cannot possibly fit are refused:
 Under FSDP each of N ranks keeps 1/N of the weights, gradients and AdamW state, plus the weights of
 the units it has gathered whole: the block running and the next one, prefetched, in the compute dtype
 (the root's embeddings and LM head too, while they run). Activations are per rank, as without FSDP.
+
+Sampling a batch of B samples is checked the same way (`check_sampling_fits`), before its first
+token: it keeps the weights, each layer's KV cache (2*B*block_size*C values), and while it fills
+the caches, one layer's activations over the whole window and the float32 attention scores.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 
 from model.config import GPTConfig, TrainConfig
 from model.errors import TinyGPTError
-from model.nn.report import Report
+from model.nn.report import Report, count_parameters
 
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 """A container's memory limit (cgroup v2), often smaller than the host's RAM."""
@@ -106,3 +110,34 @@ def check_fits(model_config: GPTConfig, config: TrainConfig, device: str, dtype:
             f"or block_size smaller"
         )
     return estimate
+
+
+def sampling_bytes(model_config: GPTConfig, batch: int, prompt_tokens: int, new_tokens: int,
+                   dtype: torch.dtype) -> int:
+    """Memory for generating `batch` samples at once, weights included."""
+    B, C = batch, model_config.n_embd
+    T = min(model_config.block_size, prompt_tokens + new_tokens)  # the longest window the model runs over
+    size = torch.empty((), dtype=dtype).element_size()
+    weights = count_parameters(model_config) * size
+    kv_caches = 2 * model_config.n_layer * B * model_config.block_size * C * size  # allocated whole
+    window = B * T * (3 + model_config.mlp_ratio + 2) * C * size  # qkv, MLP hidden, residual + one output
+    scores = B * model_config.n_head * T * T * 4
+    logits = 3 * B * model_config.vocab_size * 4
+    tokens = B * (prompt_tokens + T + 1) * 9  # the padded prompt ids (int64) and its padding mask
+    return weights + kv_caches + window + scores + logits + tokens
+
+
+def check_sampling_fits(model_config: GPTConfig, batch: int, prompt_tokens: int, new_tokens: int, device: str,
+                        dtype: torch.dtype) -> None:
+    """Raise TinyGPTError, before generating, when `batch` samples at once cannot fit in the device's memory."""
+    needed = sampling_bytes(model_config, batch, prompt_tokens, new_tokens, dtype)
+    available = machine_memory(device)
+    if available is None or needed <= available:
+        return
+    base = sampling_bytes(model_config, 0, prompt_tokens, new_tokens, dtype)
+    most = (available - base) // (sampling_bytes(model_config, 1, prompt_tokens, new_tokens, dtype) - base)
+    raise TinyGPTError(
+        f"{batch:,} samples at once need about {_gb(needed)} (KV caches and activations of block_size="
+        f"{model_config.block_size} for each) but {device} has {_gb(available)}; pass --num_samples={max(most, 1):,} "
+        f"or fewer"
+    )

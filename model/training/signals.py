@@ -25,15 +25,23 @@ from model.errors import Interrupted
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class StopRequested(Exception):
+    """Raised by `GracefulStop.check` inside long work (an evaluation, a sample) once a stop is requested,
+    so that the training loop can save and exit within seconds, not at the end of that work."""
+
+
 class GracefulStop:
     """Context manager that turns SIGINT/SIGTERM into a flag the training loop polls via `requested`.
 
     Outside the main thread (where Python cannot install signal handlers) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, single_process: bool = True) -> None:
         self.signum: int | None = None
         self.saved = False
+        # Several ranks must agree on where they stop (`agreed`, after a step): one rank leaving an
+        # evaluation early would leave the others waiting in its collectives, so `check` is for one process.
+        self.single_process = single_process
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -72,9 +80,17 @@ class GracefulStop:
             self.signum = signum
         return self.requested
 
-    def interrupted(self, iter_num: int, saved: Path) -> Interrupted:
-        """The exception that ends the run once the checkpoint at `saved` is written."""
+    def check(self) -> None:
+        """Raise StopRequested if a stop was requested: for loops that take long between training steps
+        (in a single process; several ranks stop together after a step)."""
+        if self.single_process and self.signum is not None:
+            raise StopRequested
+
+    def interrupted(self, iter_num: int, saved: Path | None) -> Interrupted:
+        """The exception that ends the run once the checkpoint at `saved` is written (None: nothing to save)."""
         name = signal.Signals(self.signum).name
+        if saved is None:
+            return Interrupted(f"{name} received: stopped the evaluation at iteration {iter_num}", 128 + self.signum)
         return Interrupted(
             f"{name} received: stopped after iteration {iter_num} and saved {saved}; "
             f"continue with --init_from=resume",

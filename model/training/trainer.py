@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import sys
@@ -29,7 +30,9 @@ from model.training.logger import RunLogger, sample_text
 from model.training.mfu import MFUMeter
 from model.training.optim import learning_rate, make_optimizer
 from model.nn.report import GROUPS, Report
-from model.training.resume import model_config_for_resume
+from model.training.distributed import torchrun_env
+from model.training.lock import OutDirLock
+from model.training.resume import model_config_for_resume, train_config_for_resume
 from model.training.rng import restore_rng, rng_state
 
 
@@ -68,6 +71,8 @@ class Trainer:
 
     def __init__(self, model_config: GPTConfig, config: TrainConfig, quiet: bool = False):
         model_config.check_buildable(require_vocab=False)  # fail before any data is prepared
+        if config.init_from != "resume":  # else checked once the checkpoint's schedule is taken
+            config.check_schedule()
         self.config = config
         self.quiet = quiet
         self.dist = Distributed(resolve_device(config.device), config.fsdp)
@@ -97,8 +102,14 @@ class Trainer:
             resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
             if model_config.vocab_size == self.dataset.vocab_size:
                 model_config = dataclasses.replace(model_config, vocab_size=None)  # the checkpoint's may be padded
-            model_config = model_config_for_resume(resume, model_config, self.dataset.meta, self.out_dir / checkpoint.LATEST)
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
+            model_config = model_config_for_resume(resume, model_config, self.dataset.meta,
+                                                   self.out_dir / checkpoint.LATEST, self.echo)
+            config = self.config = train_config_for_resume(resume, config, self.echo)
+            config.check_schedule()
+        if self.dist.is_master:
+            for warning in config.schedule_warnings():
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         pretrained = None
         if config.init_from not in ("scratch", "resume"):  # a Hugging Face GPT-2 folder or hub name
             pretrained = self._load_pretrained(config.init_from)
@@ -107,7 +118,7 @@ class Trainer:
         self.model_config = model_config
         shards = self.dist.world_size if self.dist.fsdp else 1
         memory.check_fits(model_config, config, self.device, self.dtype, shards)  # before allocating anything
-        self.stop = signals.GracefulStop()  # active inside train(); polled after every step
+        self.stop = signals.GracefulStop(self.dist.world_size == 1)  # active inside train(); polled after every step
 
         self.dist.check_fsdp()
         weights = resume["model"] if resume is not None else pretrained.state_dict() if pretrained is not None else None
@@ -147,7 +158,10 @@ class Trainer:
             enabled=self.dist.is_master,
             wandb_mode=config.wandb_mode, wandb_log_checkpoint=config.wandb_log_checkpoint,
             resume_iter=self.iter_num if resume is not None else None,
+            wandb_run_id=resume.get("wandb_run_id") if resume is not None else None,
         )
+        # kept in every checkpoint, also by a run that doesn't log to wandb, for a later resume that does
+        self.wandb_run_id = self.logger.wandb_run_id or (resume.get("wandb_run_id") if resume is not None else None)
         self.mfu = MFUMeter(model_config, config.peak_flops, self.device, self.dtype)
 
     def _restore_position(self, resume: dict[str, Any]) -> None:
@@ -201,13 +215,13 @@ class Trainer:
         c = self.config
         return estimate_loss(
             self.step_model, self.dataset, c.batch_size, self.model_config.block_size, c.eval_iters,
-            self.ctx, self.device, c.seed, quiet=self.quiet,
+            self.ctx, self.device, c.seed, quiet=self.quiet, check_stop=self.stop.check,
         )
 
     def full_val_loss(self) -> float:
         return split_loss(
             self.step_model, self.dataset, "val", self.model_config.block_size, max(self.config.batch_size, 64),
-            self.ctx, self.device, quiet=self.quiet,
+            self.ctx, self.device, quiet=self.quiet, check_stop=self.stop.check,
         )
 
     def save(self, name: str) -> None:
@@ -228,6 +242,7 @@ class Trainer:
             config=self.config_dict,
             rng=rng_per_rank,
             data_position={"batch_generator": self.batches.generator_state(), "windows_drawn": self.windows_drawn},
+            wandb_run_id=self.wandb_run_id,
         )
         checkpoint.save_checkpoint(self.out_dir / name, state)
 
@@ -263,7 +278,8 @@ class Trainer:
             wants_samples = bool(self.dist.agreed_max(int(wants_samples)))
         if wants_samples:
             c = self.config
-            text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed)
+            text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed,
+                               self.stop.check)
             self.logger.log_sample(self.iter_num, losses["val"], text)
         improved = losses["val"] < self.best_val_loss
         if improved:
@@ -283,6 +299,23 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or with eval_only, evaluate); a stop request saves ckpt.pt and raises Interrupted."""
+        self.bar = None
+        try:
+            return self._run()
+        except signals.StopRequested:
+            saved = None
+            if not self.config.eval_only:  # an evaluation-only run has nothing new to save
+                saved = self.out_dir / checkpoint.LATEST
+                self.save(checkpoint.LATEST)
+            self.stop.mark_saved()
+            if self.bar is not None:
+                self.bar.close()
+            self.logger.finish()
+            self.dist.close()  # every rank has finished the save's collectives before any exits
+            raise self.stop.interrupted(self.iter_num, saved) from None
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         report = Report(self.model_config)
         self.t_start = time.time()
@@ -305,8 +338,8 @@ class Trainer:
         tokens_per_iter = global_batch * self.model_config.block_size
         start_iter = self.iter_num
         hide_bar = self.quiet or not self.dist.is_master
-        bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
-                   dynamic_ncols=True, leave=False)
+        bar = self.bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
+                              dynamic_ncols=True, leave=False)
         t_start = t_last = self.t_start = time.time()
         iters_since_log = 0
         self.model.train()
@@ -322,12 +355,7 @@ class Trainer:
             self.iter_num += 1
             iters_since_log += 1
             if self.stop.agreed(self.dist.agreed_max):  # every rank stops after the same step
-                self.save(checkpoint.LATEST)
-                self.stop.mark_saved()
-                bar.close()
-                self.logger.finish()
-                self.dist.close()  # every rank has finished the save's collectives before any exits
-                raise self.stop.interrupted(self.iter_num, self.out_dir / checkpoint.LATEST)
+                raise signals.StopRequested
             bar.update(1)
             if self.iter_num % c.log_interval == 0 or self.iter_num == c.max_iters:
                 # the only host sync of the loop: the step's loss and norm, and whether any step was bad
@@ -355,6 +383,10 @@ class Trainer:
 
 
 def train(model_config: GPTConfig, config: TrainConfig, quiet: bool = False) -> dict[str, Any]:
-    trainer = Trainer(model_config, config, quiet)
-    with trainer.stop:
-        return trainer.run()
+    """Run a training (or evaluation) to its end, holding out_dir's lock (rank 0) the whole time."""
+    env = torchrun_env()
+    owns_out_dir = env is None or env[0] == 0
+    with OutDirLock(_make_out_dir(config.out_dir)) if owns_out_dir else contextlib.nullcontext():
+        trainer = Trainer(model_config, config, quiet)
+        with trainer.stop:
+            return trainer.run()
