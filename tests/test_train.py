@@ -73,8 +73,8 @@ def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_dat
     one.dataset.get_batch = serve([(x, y)])
     accumulated.dataset.get_batch = serve([(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B]) for i in range(k)])
 
-    loss_one, norm_one = one.train_step(1e-3)
-    loss_accumulated, norm_accumulated = accumulated.train_step(1e-3)
+    loss_one, norm_one = map(float, one.train_step(1e-3))
+    loss_accumulated, norm_accumulated = map(float, accumulated.train_step(1e-3))
     assert loss_accumulated == pytest.approx(loss_one, rel=1e-5)
     assert norm_accumulated == pytest.approx(norm_one, rel=1e-5)  # the summed gradient, not k times it
     for (name, p), q, p0 in zip(one.model.named_parameters(), accumulated.model.parameters(), before):
