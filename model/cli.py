@@ -184,7 +184,10 @@ def prepare_main(argv: list[str] | None = None) -> int:
                         help=f"dataset folder name; known: {', '.join([*data.KNOWN_DATASETS, *hf_presets()])}")
     parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
     parser.add_argument("--url", default=None, help="download the text from this URL")
-    parser.add_argument("--tokenizer", default=None, help="'char' or a tiktoken encoding such as 'gpt2'")
+    parser.add_argument("--tokenizer", default=None,
+                        help="'char', 'bpe' (learn a byte-level BPE from the training split) or a tiktoken "
+                        "encoding such as 'gpt2'")
+    parser.add_argument("--vocab_size", type=int, default=None, help="with --tokenizer=bpe: tokens to learn, e.g. 4096")
     parser.add_argument("--data_dir", default="data")
     add_hf_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -192,7 +195,8 @@ def prepare_main(argv: list[str] | None = None) -> int:
     if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url):
         meta = prepare_hf_from_args(args)
     else:
-        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet)
+        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet,
+                            vocab_size=args.vocab_size)
     print(
         f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"

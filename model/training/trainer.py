@@ -22,7 +22,7 @@ from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
-from model.training.evaluate import estimate_loss, split_loss
+from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
 from model.training.mfu import MFUMeter
@@ -258,8 +258,10 @@ class Trainer:
 
     def eval_and_checkpoint(self) -> None:
         losses = self.evaluate()
-        self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
+        self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                  f"val bpb {losses['val_bpb']:.4f}")
+        self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                         "val_bpb": losses["val_bpb"]})
         if self.logger.wants_samples and self.config.sample_tokens > 0:
             c = self.config
             text = sample_text(self.model, self.dataset.tokenizer(), c.sample_tokens, self.device, c.seed)
@@ -275,9 +277,11 @@ class Trainer:
 
     def report_full_val(self) -> float:
         loss = self.full_val_loss()
-        self.echo(f"full-val loss {loss:.4f}")
+        bpb = split_bpb(loss, self.dataset, "val")
+        self.echo(f"full-val loss {loss:.4f}, bpb {bpb:.4f}")
         # train_time: seconds since training started, counting compilation, evaluations and checkpoints
-        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "train_time": time.time() - self.t_start})
+        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "full_val_bpb": bpb,
+                         "train_time": time.time() - self.t_start})
         return loss
 
     # -- the loop ------------------------------------------------------------------------------
