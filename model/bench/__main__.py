@@ -8,7 +8,8 @@ SUBCOMMANDS = {
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
     "kernels": "model.bench.kernels",  # the C training kernels vs the PyTorch ops they replace
     "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
-    "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate (issue 8)
+    "safety": "model.bench.safety",
+    "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate (issue 8)
 }
 
 
