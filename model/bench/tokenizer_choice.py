@@ -3,7 +3,7 @@ side by side on one corpus.
 
     python -m model.bench tokenizers --input=FILE [--vocab_sizes=257,512,1024,4096] [--budget=60]
         [--config=configs/shakespeare_char_cpu.toml] [--plot=docs/images/tokenizers.png] [--perf_mb=5]
-        [--clock=wall|process]
+        [--clock=wall|process] [--threads=N]
 
 For each tokenizer: bytes per token on the validation split (the last 10%, as prepare.py splits),
 the time to build it (learning the merges for a BPE, from the training split only), its encoding
@@ -13,7 +13,8 @@ that compares across tokenizers. Last, the speed checks: training a 4,096-token 
 of text (the corpus repeated), and encoding that text with it and with tiktoken's GPT-2 encoder, one
 thread each, best of three, in the same run. On a machine shared with other work, --clock=process
 counts the budget in this process's CPU seconds instead of wall-clock seconds, so every tokenizer
-gets the same amount of computation whatever the others on the machine do.
+gets the same amount of computation whatever the others on the machine do (and --threads=1 keeps
+PyTorch's threads from spin-waiting for each other there).
 """
 
 from __future__ import annotations
@@ -142,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default="tokenizers.png", help="the PNG to write")
     parser.add_argument("--perf_mb", type=float, default=5.0, help="megabytes for the speed checks (0: skip them)")
     parser.add_argument("--no_gpt2", action="store_true", help="leave out GPT-2's tokenizer (needs tiktoken's files)")
+    parser.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: PyTorch's default)")
     args = parser.parse_args(argv)
     if not args.input:
         parser.error("pass --input=FILE or set TINYSHAKESPEARE_PATH")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from model.data import dataset as data
     from model.data.tokenizer import token_byte_lengths
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_gpt2:
         specs.append(("gpt2", "gpt2", None))
     print(f"{args.input}: {size:,} bytes; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-          f"{args.budget:g} s ({args.clock} clock) of training per tokenizer with {args.config}")
+          f"{args.budget:g} s ({args.clock} clock) of training per tokenizer with {args.config}, "
+          f"{args.threads or 'default'} torch threads")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kind, vocab_size in specs:
