@@ -19,13 +19,14 @@ PyTorch's threads from spin-waiting for each other there).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.cli import OneLineArgumentParser, guarded
 
 BYTE_LEVEL_BPE_SMALLEST = 257
 """256 single bytes and the end-of-text token: a byte-level BPE with no merges."""
@@ -134,8 +135,9 @@ def format_rows(rows: list[Row], budget: float) -> str:
     return "\n".join([header, *body])
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.bench tokenizers", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m model.bench tokenizers", description=__doc__.splitlines()[0])
     parser.add_argument("--input", default=os.environ.get("TINYSHAKESPEARE_PATH"), help="UTF-8 text file")
     parser.add_argument("--vocab_sizes", default=f"{BYTE_LEVEL_BPE_SMALLEST},512,1024,4096",
                         help="comma-separated sizes of the BPEs to learn")
