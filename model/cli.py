@@ -287,14 +287,14 @@ def report_main(argv: list[str] | None = None) -> int:
 
 @guarded
 def runs_main(argv: list[str] | None = None) -> int:
-    from model.tools.runs import compare
+    from model.tools.runs import VAL_CURVES, compare
 
     parser = OneLineArgumentParser(prog="python -m model.runs", description="Compare training runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     cmp = commands.add_parser("compare", help="table of runs and one plot of their val-loss curves")
     cmp.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="training run folders")
     cmp.add_argument("--plot", default="compare.png", help="the PNG of val-loss curves to write")
-    cmp.add_argument("--metric", default="val_loss", choices=["val_loss", "val_bpb"],
+    cmp.add_argument("--metric", default="val_loss", choices=list(VAL_CURVES),
                      help="what the plot draws: val loss per token, or val bits per byte (compares tokenizers)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     print(compare(args.out_dirs, args.plot, args.metric))

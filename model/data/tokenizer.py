@@ -178,7 +178,11 @@ def resolve_meta(meta: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     data = path.read_bytes()
     if meta.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
         raise TinyGPTError(f"{path} does not match meta.json (another preparation?); prepare the dataset again")
-    return {"kind": meta.get("kind"), "vocab_size": meta.get("vocab_size"), "json": data.decode("utf-8")}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TinyGPTError(f"{path} is not UTF-8 JSON; prepare the dataset again") from None
+    return {"kind": meta.get("kind"), "vocab_size": meta.get("vocab_size"), "json": text}
 
 
 def from_meta(meta: dict[str, Any]) -> CharTokenizer | TiktokenTokenizer:
