@@ -198,7 +198,10 @@ def prepare_main(argv: list[str] | None = None) -> int:
                         help=f"dataset folder name; known: {', '.join([*data.KNOWN_DATASETS, *hf_presets()])}")
     parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
     parser.add_argument("--url", default=None, help="download the text from this URL")
-    parser.add_argument("--tokenizer", default=None, help="'char' or a tiktoken encoding such as 'gpt2'")
+    parser.add_argument("--tokenizer", default=None,
+                        help="'char', 'bpe' (learn a byte-level BPE from the training split) or a tiktoken "
+                        "encoding such as 'gpt2'")
+    parser.add_argument("--vocab_size", type=int, default=None, help="with --tokenizer=bpe: tokens to learn, e.g. 4096")
     parser.add_argument("--data_dir", default="data")
     add_hf_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -206,7 +209,8 @@ def prepare_main(argv: list[str] | None = None) -> int:
     if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url):
         meta = prepare_hf_from_args(args)
     else:
-        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet)
+        meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet,
+                            vocab_size=args.vocab_size)
     print(
         f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"
@@ -297,15 +301,17 @@ def report_main(argv: list[str] | None = None) -> int:
 
 @guarded
 def runs_main(argv: list[str] | None = None) -> int:
-    from model.tools.runs import compare
+    from model.tools.runs import VAL_CURVES, compare
 
     parser = OneLineArgumentParser(prog="python -m model.runs", description="Compare training runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     cmp = commands.add_parser("compare", help="table of runs and one plot of their val-loss curves")
     cmp.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="training run folders")
     cmp.add_argument("--plot", default="compare.png", help="the PNG of val-loss curves to write")
+    cmp.add_argument("--metric", default="val_loss", choices=list(VAL_CURVES),
+                     help="what the plot draws: val loss per token, or val bits per byte (compares tokenizers)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(compare(args.out_dirs, args.plot))
+    print(compare(args.out_dirs, args.plot, args.metric))
     print(f"wrote {args.plot}")
     return 0
 
@@ -376,4 +382,74 @@ def visualize_main(argv: list[str] | None = None) -> int:
     print(f"wrote {png} ({len(layers)} layer(s) x {len(heads)} head(s), {len(ids)} tokens)")
     if args.save is not None:
         print(f"wrote {save_weights(args.save, weights, labels, layers, heads)} (layers, heads, query, key)")
+    return 0
+
+
+def load_any_model(path: str, device: str):
+    """(model, tokenizer) from a checkpoint file, a training run folder, or a Hugging Face GPT-2 folder."""
+    from model.checkpoint import BEST, LATEST, load_model
+    from model.huggingface import load_pretrained
+
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in (BEST, LATEST)):
+        if not (folder / "config.json").is_file():
+            raise TinyGPTError(f"{folder} holds neither a checkpoint ({BEST}, {LATEST}) nor a Hugging Face "
+                               "model (config.json)")
+        return load_pretrained(folder, device)
+    model, tok, _ = load_model(folder, device)
+    return model, tok
+
+
+@guarded
+def eval_main(argv: list[str] | None = None) -> int:
+    import json
+
+    parser = OneLineArgumentParser(
+        prog="python -m model.eval",
+        description="Evaluate a model: loss and bits per byte over a text, or multiple-choice accuracy.",
+    )
+    parser.add_argument("model", help="a checkpoint file, a training run folder, or a Hugging Face GPT-2 folder")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--text", help="a UTF-8 text file: loss and bits per byte over every token")
+    task.add_argument("--dataset", help="a prepared dataset's name: loss and bits per byte over its validation split")
+    task.add_argument("--hellaswag", help="multiple-choice items in HellaSwag's jsonl format (ctx, endings, label)")
+    parser.add_argument("--data_dir", default="data", help="where --dataset is prepared")
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.batch_size < 1:
+        raise TinyGPTError("--batch_size must be >= 1")
+
+    from model.device import resolve_device
+
+    device = resolve_device(args.device)
+    model, tok = load_any_model(args.model, device)
+    if args.hellaswag:
+        from model.evaluation.multiple_choice import read_items, score_items
+
+        result = {"hellaswag": score_items(model, tok, read_items(args.hellaswag), args.batch_size, device, args.quiet)}
+        summary = result["hellaswag"]
+        line = f"{args.hellaswag}: acc {summary['acc']:.4f}, acc_norm {summary['acc_norm']:.4f} over {summary['n']} items"
+    else:
+        from model.evaluation.text import score_split, score_text
+
+        if args.text:
+            from model.data.dataset import read_corpus
+
+            score, name = score_text(model, tok, read_corpus(args.text), args.batch_size, device, args.quiet), args.text
+        else:
+            from model.data.dataset import TokenDataset
+
+            dataset = TokenDataset(Path(args.data_dir) / args.dataset)
+            if dataset.meta["tokenizer"] != tok.to_meta():
+                raise TinyGPTError(f"dataset '{args.dataset}' was prepared with another tokenizer than the model's; "
+                                   "evaluate on a dataset prepared with the model's tokenizer, or use --text")
+            score = score_split(model, dataset, "val", args.batch_size, device, args.quiet)
+            name = f"{args.dataset} (validation split)"
+        result = score.to_dict()
+        line = (f"{name}: loss {score.loss:.4f} nats/token, {score.bpb:.4f} bits/byte "
+                f"({score.tokens:,} tokens, {score.bytes:,} bytes)")
+    print(json.dumps(result) if args.json else line)
     return 0

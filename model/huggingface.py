@@ -6,7 +6,9 @@ that GPT-2 stores its linear layers as Conv1D, whose weight is (in, out): the tr
 nn.Linear's (out, in). GPT-2's tokenizer is tiktoken's "gpt2" encoding.
 
 Exported folders also carry tinygpt_tokenizer.json, so a model trained on, say, characters comes
-back with its own tokenizer.
+back with its own tokenizer. A model with a learned byte-level BPE also gets tokenizer.json and
+tokenizer_config.json, which transformers.AutoTokenizer loads (a PreTrainedTokenizerFast that gives
+the same ids).
 """
 
 from __future__ import annotations
@@ -185,6 +187,8 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
         config = dataclasses.replace(config, vocab_size=tok.vocab_size)  # leave out rows that pad the vocabulary
     hf_config = config_to_hf(config)
     folder = make_folder(folder)
+    if tok is not None and tok.eot_token is not None:
+        hf_config.update(bos_token_id=tok.eot_token, eos_token_id=tok.eot_token)
     tensors = {}
     for name, value in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_weights:
@@ -197,4 +201,24 @@ def save_pretrained(model: GPT, folder: str | Path, tok=None) -> Path:
     write_json(folder / "config.json", hf_config)
     if tok is not None:
         atomic_write_bytes(folder / TOKENIZER_FILE, json.dumps(tok.to_meta()).encode())
+    if isinstance(tok, tokenizers.BPETokenizer):
+        atomic_write_bytes(folder / tokenizers.BPE_FILE, tok.hf_json.encode("utf-8"))
+        atomic_write_bytes(folder / "tokenizer_config.json", (json.dumps(hf_tokenizer_config(model.config), indent=2) + "\n").encode())
     return folder
+
+
+def hf_tokenizer_config(config: GPTConfig) -> dict[str, Any]:
+    """tokenizer_config.json for a learned BPE's tokenizer.json: transformers' generic fast tokenizer,
+    with the end-of-text token as GPT-2 uses it, and "<|endoftext|>" in a text read as plain text (as
+    tinygpt encodes it) rather than as the special token."""
+    eot = tokenizers.EOT
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": eot,
+        "model_max_length": config.block_size,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
+    }

@@ -36,8 +36,9 @@ def test_compare_table_and_plot(tmp_path):
     assert header[:2] == ["run", "best"] and header[-2:] == ["learning_rate", "n_embd"]
     row_a, row_b = table[2].split(), table[3].split()
     params_a = GPT(GPTConfig(vocab_size=65, n_embd=64)).num_params()
-    # run, best val, final val, median tok/s, wall time, parameters, then the keys that differ
-    assert row_a == [str(a), "3.0000", "3.2000", "200.0", "12.0", f"{params_a:,}", "0.001", "64"]
+    # run, best val, final val, best val bpb, full val bpb (none logged), median tok/s, wall time,
+    # parameters, then the keys that differ
+    assert row_a == [str(a), "3.0000", "3.2000", "-", "-", "200.0", "12.0", f"{params_a:,}", "0.001", "64"]
     assert row_b[1:3] == ["2.2500", "2.2500"] and row_b[-2:] == ["0.003", "32"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

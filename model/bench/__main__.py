@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
     "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate
     "gpu": "model.bench.gpu",  # one GPU: GPU tests, GPT-2 124M training and decoding against transformers
+    "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte
 }
 
 

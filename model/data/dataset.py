@@ -9,6 +9,7 @@ of the text (by characters) is the training split and the last 10% the validatio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -110,15 +111,18 @@ def prepare(
     url: str | None = None,
     tokenizer: str | None = None,
     quiet: bool = False,
+    vocab_size: int | None = None,
 ) -> dict[str, Any]:
-    """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta."""
+    """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta.
+    tokenizer='bpe' learns a byte-level BPE of vocab_size tokens from the training split (only), saved
+    as tokenizer.json beside meta.json."""
     folder = Path(data_dir) / dataset
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     make_folder(folder, "dataset folder")
     try:
-        return _prepare_into(folder, dataset, kind, input_path, url, quiet)
+        return _prepare_into(folder, dataset, kind, input_path, url, quiet, vocab_size)
     except BaseException:
         if created is not None:  # a failed prepare leaves no folder behind that it made
             shutil.rmtree(created, ignore_errors=True)
@@ -126,11 +130,13 @@ def prepare(
 
 
 def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
-                  quiet: bool) -> dict[str, Any]:
+                  quiet: bool, vocab_size: int | None) -> dict[str, Any]:
     path = resolve_input(dataset, input_path, url, folder)
     text = read_corpus(path)
-    tok = tokenizers.make(kind, text)
     n = int(len(text) * TRAIN_FRACTION)
+    # a character vocabulary must cover the validation split's characters too; a byte-level BPE
+    # encodes anything, so it learns from the training split alone and validation stays unseen
+    tok = tokenizers.make(kind, text[:n] if kind == "bpe" else text, vocab_size, quiet)
     dtype = token_dtype(tok.vocab_size)
     counts = {}
     for split, part in (("train", text[:n]), ("val", text[n:])):
@@ -140,7 +146,7 @@ def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None,
         atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
         counts[split] = len(ids)
     meta = {
-        "tokenizer": tok.to_meta(),
+        "tokenizer": tok.to_file_meta(folder) if isinstance(tok, tokenizers.BPETokenizer) else tok.to_meta(),
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
         "train_tokens": counts["train"],
@@ -189,34 +195,16 @@ class Shards:
         return np.concatenate([np.asarray(a, dtype=np.int64) for a in self.arrays])
 
 
-def _piece_end(text: str, near: int) -> int:
-    """The first newline at or after `near` that sits between a letter or digit and a non-space."""
-    while near < len(text):
-        newline = text.find("\n", near)
-        if newline == -1 or newline + 1 >= len(text):
-            break
-        if newline > 0 and text[newline - 1].isalnum() and not text[newline + 1].isspace():
-            return newline
-        near = newline + 1
-    return len(text)
-
-
 def encode_with_progress(tok, text: str, dtype: np.dtype, desc: str, quiet: bool = False,
                          piece_chars: int = ENCODE_PIECE_CHARS) -> np.ndarray:
     """tok.encode(text) as an array, done in pieces of about piece_chars so a progress bar can move.
-
-    Pieces are cut just before a newline that has a letter or digit before it and a non-space
-    character after it, as at the end of most lines of prose. GPT-2's BPE (tiktoken's gpt2, r50k)
-    pre-splits text there anyway (no pre-token joins a letter to a newline, or a lone newline to the
-    word after it), so the ids are exactly those of encoding the whole text at once.
-    """
-    pieces, start = [], 0
+    The pieces are cut where GPT-2-style pre-tokenisation cuts anyway (tokenizer.text_pieces), so the
+    ids are exactly those of encoding the whole text at once."""
+    pieces = []
     with progress(total=len(text), desc=desc, unit="char", unit_scale=True, quiet=quiet) as bar:
-        while start < len(text):
-            end = _piece_end(text, start + piece_chars)
-            pieces.append(np.array(tok.encode(text[start:end]), dtype=dtype))
-            bar.update(end - start)
-            start = end
+        for piece in tokenizers.text_pieces(text, piece_chars):
+            pieces.append(np.array(tok.encode(piece), dtype=dtype))
+            bar.update(len(piece))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
@@ -242,7 +230,8 @@ class TokenDataset:
             raise TinyGPTError(f"{meta_path}: dtype must be uint16 or uint32, got {self.dtype}")
         if self.vocab_size > np.iinfo(self.dtype).max + 1:
             raise TinyGPTError(f"{meta_path}: vocab_size {self.vocab_size} does not fit dtype {self.dtype}")
-        tokenizer_vocab = self.meta.get("tokenizer", {}).get("vocab_size")
+        self.meta["tokenizer"] = tokenizers.resolve_meta(self.meta.get("tokenizer", {}), self.folder)
+        tokenizer_vocab = self.meta["tokenizer"].get("vocab_size")
         if tokenizer_vocab != self.vocab_size:
             raise TinyGPTError(
                 f"{meta_path}: vocab_size {self.vocab_size} does not match its tokenizer's ({tokenizer_vocab})"
@@ -281,6 +270,17 @@ class TokenDataset:
     def tokenizer(self):
         return tokenizers.from_meta(self.meta["tokenizer"])
 
+    @functools.cached_property
+    def byte_lengths(self) -> Tensor:
+        """UTF-8 bytes of text per token id, int64 (vocab_size,): for bits per byte."""
+        return torch.from_numpy(tokenizers.token_byte_lengths(self.tokenizer()))
+
+    def target_bytes(self, split: str) -> int:
+        """UTF-8 bytes of the text spelled by every target of `windows(split)` (all tokens but the first)."""
+        data = self.splits[split].concatenated()
+        self._check_ids(data, split)
+        return int(self.byte_lengths[torch.from_numpy(data[1:])].sum())
+
     def get_batch(
         self, split: str, batch_size: int, block_size: int, generator: torch.Generator, rank: int = 0,
         world_size: int = 1,
@@ -301,17 +301,24 @@ class TokenDataset:
     def windows(self, split: str, block_size: int) -> tuple[Tensor, Tensor]:
         """Every token of a split once as a target: non-overlapping windows of block_size, the last one
         shorter and right-padded with IGNORE_INDEX targets. Returns x, y of shape (N, block_size)."""
-        from model.nn.gpt import IGNORE_INDEX
-
         data = self.splits[split].concatenated()
         self._check_ids(data, split)
-        n_targets = len(data) - 1
-        n_windows = -(-n_targets // block_size)
-        x = np.zeros(n_windows * block_size, dtype=np.int64)
-        y = np.full(n_windows * block_size, IGNORE_INDEX, dtype=np.int64)
-        x[:n_targets] = data[:-1]
-        y[:n_targets] = data[1:]
-        return torch.from_numpy(x).view(n_windows, block_size), torch.from_numpy(y).view(n_windows, block_size)
+        return eval_windows(data, block_size)
+
+
+def eval_windows(data: np.ndarray, block_size: int) -> tuple[Tensor, Tensor]:
+    """Every token of `data` but the first once as a target of the one before it: non-overlapping
+    windows of block_size, the last one shorter and right-padded with IGNORE_INDEX targets.
+    Returns x, y of shape (N, block_size)."""
+    from model.nn.gpt import IGNORE_INDEX
+
+    n_targets = len(data) - 1
+    n_windows = -(-n_targets // block_size)
+    x = np.zeros(n_windows * block_size, dtype=np.int64)
+    y = np.full(n_windows * block_size, IGNORE_INDEX, dtype=np.int64)
+    x[:n_targets] = data[:-1]
+    y[:n_targets] = data[1:]
+    return torch.from_numpy(x).view(n_windows, block_size), torch.from_numpy(y).view(n_windows, block_size)
 
 
 class BatchLoader:

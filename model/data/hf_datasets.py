@@ -232,9 +232,9 @@ def prepare_hf(
     if source is None:
         raise TinyGPTError(f"no Hugging Face dataset given for '{dataset}'; pass --hf_dataset "
                            f"(presets: {', '.join(PRESETS)})")
-    if encoding == "char":
-        raise TinyGPTError("Hugging Face datasets are tokenized with tiktoken (e.g. --tokenizer=gpt2), not 'char', "
-                           "whose vocabulary would need the whole corpus first")
+    if encoding in ("char", "bpe"):
+        raise TinyGPTError(f"Hugging Face datasets are tokenized with tiktoken (e.g. --tokenizer=gpt2), not "
+                           f"'{encoding}', whose vocabulary would need the whole corpus first")
     if num_proc < 1 or shard_tokens < 1:
         raise TinyGPTError("--num_proc and --shard_tokens must be positive")
     if source.val_split is None and not 0.0 < val_fraction <= 0.5:

@@ -1,14 +1,31 @@
-"""Tokenizers: characters (one token per distinct character in the corpus) or GPT-2's BPE via tiktoken.
+"""Tokenizers: characters (one token per distinct character in the corpus), GPT-2's BPE via tiktoken,
+or a byte-level BPE learned from your own corpus.
 
 A tokenizer round-trips through a small JSON-able dict (`to_meta` / `from_meta`) that is stored in the
 dataset's meta.json and in every checkpoint, so sampling always decodes with the training vocabulary.
+A learned BPE keeps its merges in a Hugging Face tokenizer.json: beside meta.json in a dataset folder
+(meta.json names the file), and inline in checkpoints (`to_meta` carries the file's text).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model.errors import TinyGPTError
+
+EOT = "<|endoftext|>"
+"""The end-of-text special token (GPT-2's spelling) that separates documents in a learned BPE."""
+BPE_FILE = "tokenizer.json"
+"""The file name of a learned BPE (Hugging Face tokenizers' format) in a dataset folder."""
+BPE_TRAIN_PIECE_CHARS = 1 << 16
+"""The training text is handed to the BPE trainer in pieces of about this many characters, so that it
+counts words on every core."""
 
 
 class CharTokenizer:
@@ -72,17 +89,127 @@ class TiktokenTokenizer:
         return {"kind": "tiktoken", "name": self.name, "vocab_size": self.vocab_size}
 
 
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character that stands for each byte in a byte-level BPE's
+    vocabulary (printable Latin-1 characters stand for themselves, the other bytes for the characters
+    from U+0100 on, in byte order). Maps character -> byte."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+class BPETokenizer(TiktokenTokenizer):
+    """A byte-level BPE learned from the user's own corpus: GPT-2's pre-tokenisation (the text is cut
+    into words, numbers, punctuation and whitespace runs, and merges never cross those cuts), any
+    UTF-8 text round-trips exactly, and one end-of-text special token.
+
+    Hugging Face `tokenizers` learns the merges (`train`) and its tokenizer.json is what is stored.
+    Encoding runs the same merges in tiktoken, which is faster: each merge makes a new token numbered
+    in merge order, so tiktoken's ranks (token ids) are the trainer's merge priorities and both give
+    the same ids (the tests check this against `tokenizers` itself)."""
+
+    def __init__(self, hf_json: str):
+        import tiktoken
+        from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenisation regex
+
+        try:
+            spec = json.loads(hf_json)
+            vocab, added = spec["model"]["vocab"], spec["added_tokens"]
+            specials = {t["content"]: int(t["id"]) for t in added}
+            alphabet = byte_level_alphabet()
+            ranks = {bytes(alphabet[ch] for ch in token): int(i) for token, i in vocab.items() if token not in specials}
+        except (ValueError, KeyError, TypeError) as e:
+            raise TinyGPTError(f"not a byte-level BPE tokenizer.json ({type(e).__name__}: {e})") from None
+        if spec["model"].get("type") != "BPE" or EOT not in specials:
+            raise TinyGPTError(f"not a byte-level BPE tokenizer.json with an {EOT} token")
+        self.hf_json = hf_json
+        self.name = "bpe"
+        try:
+            self.enc = tiktoken.Encoding("tinygpt-bpe", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                         special_tokens=specials, explicit_n_vocab=len(ranks) + len(specials))
+        except (ValueError, AssertionError) as e:
+            raise TinyGPTError(f"BPE tokenizer.json has an inconsistent vocabulary ({e})") from None
+        self.vocab_size = self.enc.n_vocab
+        self.eot_token = specials[EOT]
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, quiet: bool = True) -> "BPETokenizer":
+        """Learn vocab_size - 257 merges from `text` (256 single bytes and the end-of-text token come first)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        smallest = 256 + 1
+        if vocab_size < smallest:
+            raise TinyGPTError(f"--vocab_size must be at least {smallest} (256 bytes + {EOT}), got {vocab_size}")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=not quiet,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(text_pieces(text, BPE_TRAIN_PIECE_CHARS), trainer=trainer)
+        if tok.get_vocab_size() < vocab_size:
+            raise TinyGPTError(
+                f"the training text ({len(text):,} characters) has too few distinct adjacent pairs for "
+                f"{vocab_size - smallest:,} merges (it gave {tok.get_vocab_size() - smallest:,}); use a smaller "
+                f"--vocab_size (at most {tok.get_vocab_size()}) or more text"
+            )
+        return cls(tok.to_str())
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"kind": "bpe", "vocab_size": self.vocab_size, "json": self.hf_json}
+
+    def to_file_meta(self, folder: str | Path) -> dict[str, Any]:
+        """Write tokenizer.json into `folder`; returns the meta entry that names it (for meta.json)."""
+        from model.files import atomic_write_bytes
+
+        data = self.hf_json.encode("utf-8")
+        atomic_write_bytes(Path(folder) / BPE_FILE, data)
+        return {"kind": "bpe", "vocab_size": self.vocab_size, "file": BPE_FILE,
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def resolve_meta(meta: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """A tokenizer entry made self-contained: one that names a file in `folder` (as a dataset's
+    meta.json does for a learned BPE) gets the file's text inline, as checkpoints store it."""
+    if not isinstance(meta, dict) or "file" not in meta:
+        return meta
+    path = Path(folder) / str(meta["file"])
+    if path.name != str(meta["file"]) or not path.is_file():
+        raise TinyGPTError(f"tokenizer file {path} is missing; prepare the dataset again")
+    data = path.read_bytes()
+    if meta.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        raise TinyGPTError(f"{path} does not match meta.json (another preparation?); prepare the dataset again")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TinyGPTError(f"{path} is not UTF-8 JSON; prepare the dataset again") from None
+    return {"kind": meta.get("kind"), "vocab_size": meta.get("vocab_size"), "json": text}
+
+
 def from_meta(meta: dict[str, Any]) -> CharTokenizer | TiktokenTokenizer:
     kind = meta.get("kind")
     if kind == "char":
         return CharTokenizer(meta["chars"])
     if kind == "tiktoken":
         return TiktokenTokenizer(meta.get("name", "gpt2"))
-    raise TinyGPTError(f"unknown tokenizer kind {kind!r} (expected 'char' or 'tiktoken')")
+    if kind == "bpe":
+        if not isinstance(meta.get("json"), str):
+            raise TinyGPTError("a 'bpe' tokenizer entry must hold its tokenizer.json text under 'json'")
+        tok = BPETokenizer(meta["json"])
+        if meta.get("vocab_size") not in (None, tok.vocab_size):
+            raise TinyGPTError(f"BPE tokenizer has {tok.vocab_size} tokens, its entry says {meta['vocab_size']}")
+        return tok
+    raise TinyGPTError(f"unknown tokenizer kind {kind!r} (expected 'char', 'tiktoken' or 'bpe')")
 
 
-def make(kind: str, text: str | None = None) -> CharTokenizer | TiktokenTokenizer:
-    """'char' (needs the corpus text to build its vocabulary) or a tiktoken encoding name like 'gpt2'."""
+def make(kind: str, text: str | None = None, vocab_size: int | None = None, quiet: bool = True) -> CharTokenizer | TiktokenTokenizer:
+    """'char' (its vocabulary: the characters of `text`), 'bpe' (learns vocab_size tokens from `text`)
+    or a tiktoken encoding name like 'gpt2'."""
+    if kind == "bpe":
+        if vocab_size is None:
+            raise TinyGPTError("--tokenizer=bpe needs --vocab_size=N (e.g. 4096): the number of tokens to learn")
+        return BPETokenizer.train(text or "", vocab_size, quiet)
+    if vocab_size is not None:
+        raise TinyGPTError(f"--vocab_size applies to --tokenizer=bpe only; the {kind} vocabulary is fixed")
     if kind == "char":
         if not text:
             raise TinyGPTError("a character-level tokenizer needs a non-empty corpus")
@@ -90,10 +217,52 @@ def make(kind: str, text: str | None = None) -> CharTokenizer | TiktokenTokenize
     return TiktokenTokenizer(kind)
 
 
+def text_pieces(text: str, piece_chars: int):
+    """`text` in consecutive pieces of about piece_chars, each cut just before a newline that has a
+    letter or digit before it and a non-space character after it, as at the end of most lines of prose.
+    GPT-2's pre-tokenisation (tiktoken's gpt2, r50k, and the BPE learned here) cuts text there anyway (no
+    pre-token joins a letter to a newline, or a lone newline to the word after it), so encoding or
+    counting words piece by piece gives exactly what the whole text would."""
+    start = 0
+    while start < len(text):
+        end = _piece_end(text, start + piece_chars)
+        yield text[start:end]
+        start = end
+
+
+def _piece_end(text: str, near: int) -> int:
+    """The first newline at or after `near` that sits between a letter or digit and a non-space."""
+    while near < len(text):
+        newline = text.find("\n", near)
+        if newline == -1 or newline + 1 >= len(text):
+            break
+        if newline > 0 and text[newline - 1].isalnum() and not text[newline + 1].isspace():
+            return newline
+        near = newline + 1
+    return len(text)
+
+
 def token_bytes(tok: CharTokenizer | TiktokenTokenizer, ids: list[int]) -> bytes:
     if isinstance(tok, TiktokenTokenizer):
         return tok.enc.decode_bytes(ids)
     return tok.decode(ids).encode("utf-8")
+
+
+def token_byte_lengths(tok: CharTokenizer | TiktokenTokenizer) -> np.ndarray:
+    """How many UTF-8 bytes of text each token id stands for, as int64 (vocab_size,). Special tokens
+    (end of text) stand for none: they separate documents rather than spell text."""
+    if isinstance(tok, TiktokenTokenizer):
+        lengths = np.array([len(tok.enc.decode_single_token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.int64)
+        lengths[[tok.enc.encode_single_token(s) for s in tok.enc.special_tokens_set]] = 0
+        return lengths
+    return np.array([len(ch.encode("utf-8")) for ch in tok.chars], dtype=np.int64)
+
+
+def bits_per_byte(total_nats: float, n_bytes: int) -> float:
+    """Bits per byte: a summed cross-entropy (in nats) over some tokens, divided by ln 2 times the
+    number of UTF-8 bytes of text those tokens spell. Unlike loss per token it doesn't depend on the
+    tokenizer, so runs with different vocabularies compare."""
+    return total_nats / (math.log(2) * n_bytes) if n_bytes > 0 else float("nan")
 
 
 class StreamDecoder:

@@ -1,9 +1,11 @@
 """Comparing training runs side by side, from the files every run leaves in its out_dir.
 
-    python -m model.runs compare OUT_DIR [OUT_DIR ...] [--plot compare.png]
+    python -m model.runs compare OUT_DIR [OUT_DIR ...] [--plot compare.png] [--metric val_bpb]
 
-prints one row per run (best and final val loss, median tokens/s, wall time, parameters, and the
-config keys whose values differ between the runs) and writes one PNG of their val-loss curves.
+prints one row per run (best and final val loss, best val and last full-val bits per byte, median
+tokens/s, wall time, parameters, and the config keys whose values differ between the runs) and writes
+one PNG of their val-loss (or, with --metric=val_bpb, bits-per-byte) curves. Bits per byte compare
+runs whose tokenizers differ; loss per token does not.
 Only config.json and metrics.jsonl are read, so runs from other machines compare just as well.
 """
 
@@ -19,7 +21,7 @@ from model.checkpoint import CONFIG_FILE
 from model.errors import TinyGPTError
 from model.files import read_json
 from model.training.metrics import METRICS, read_metrics
-from model.training.plots import plot_val_curves
+from model.training.plots import VAL_CURVES, plot_val_curves
 
 IGNORED_KEYS = ("out_dir",)
 """Config keys that always differ and say nothing about the run (the folder is the row's name)."""
@@ -48,11 +50,14 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         val = self.values("val_loss")
+        bpb, full_bpb = self.values("val_bpb"), self.values("full_val_bpb")
         speed = self.values("tokens_per_sec")
         wall = self.values("wall_time")
         return {
             "best val": min(val) if val else None,
             "final val": val[-1] if val else None,
+            "best val bpb": min(bpb) if bpb else None,
+            "full val bpb": full_bpb[-1] if full_bpb else None,
             "tok/s": statistics.median(speed) if speed else None,
             "wall (s)": wall[-1] if wall else None,
             "params": count_params(self.config),
@@ -99,14 +104,16 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare(out_dirs: list[str], plot_path: str | Path) -> str:
-    """The comparison table as text; also writes the val-loss plot to plot_path."""
+def compare(out_dirs: list[str], plot_path: str | Path, metric: str = "val_loss") -> str:
+    """The comparison table as text; also writes the plot of `metric` (a VAL_CURVES key) to plot_path."""
+    if metric not in VAL_CURVES:
+        raise TinyGPTError(f"--metric must be one of {', '.join(VAL_CURVES)}, got '{metric}'")
     runs = [Run.load(d) for d in out_dirs]
     names = [str(r.out_dir) for r in runs]
     differing = differing_keys([r.config for r in runs])
     summaries = [r.summary() for r in runs]
     header = ["run", *summaries[0], *differing]
     rows = [[name, *s.values(), *(r.config.get(k) for k in differing)] for name, s, r in zip(names, summaries, runs)]
-    plot_val_curves([(name, r.records) for name, r in zip(names, runs)], plot_path)
+    plot_val_curves([(name, r.records) for name, r in zip(names, runs)], plot_path, metric)
     note = "" if differing else "\n(the runs' configs are identical apart from out_dir)"
     return format_table(header, rows) + note

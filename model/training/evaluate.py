@@ -1,4 +1,5 @@
-"""Loss estimates on random batches, and the exact loss over a whole split."""
+"""Loss estimates on random batches, and the exact loss over a whole split; both also in bits per byte
+(model.data.tokenizer.bits_per_byte), which compares across tokenizers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from model.data.dataset import TokenDataset
+from model.data.tokenizer import bits_per_byte
 from model.nn.gpt import GPT, IGNORE_INDEX
 from model.progress import progress
 
@@ -18,8 +20,10 @@ def estimate_loss(
     ctx: contextlib.AbstractContextManager, device: str, seed: int, quiet: bool = True,
     check_stop: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Mean loss over eval_iters random batches per split. The batches come from their own generator,
-    seeded the same at every evaluation, so successive estimates compare the model, not the draw.
+    """Mean loss over eval_iters random batches per split ("train", "val"), and bits per byte over the
+    same batches ("train_bpb", "val_bpb": their summed loss over the bytes their targets spell). The
+    batches come from their own generator, seeded the same at every evaluation, so successive
+    estimates compare the model, not the draw.
     check_stop, called before each batch, may raise to abandon the evaluation (a stop request)."""
     was_training = model.training
     model.eval()
@@ -27,14 +31,17 @@ def estimate_loss(
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
         losses = torch.zeros(eval_iters)
+        n_bytes = 0
         for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch", quiet=quiet):
             if check_stop is not None:
                 check_stop()
             x, y = dataset.get_batch(split, batch_size, block_size, generator)
+            n_bytes += int(dataset.byte_lengths[y].sum())
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
             losses[k] = loss.item()
         out[split] = losses.mean().item()
+        out[f"{split}_bpb"] = bits_per_byte(losses.sum().item() * y.numel(), n_bytes)  # every batch has y.numel() targets
     model.train(was_training)
     return out
 
@@ -48,11 +55,28 @@ def split_loss(
     """Cross-entropy over every token of a split exactly once (non-overlapping windows of block_size),
     token-weighted: the number to compare with other runs and with nanoGPT's published losses.
     check_stop, called before each batch, may raise to abandon the pass (a stop request)."""
+    x, y = dataset.windows(split, block_size)
+    total, count = summed_loss(model, x, y, batch_size, ctx, device, f"full {split}", quiet, check_stop)
+    return total / count
+
+
+def split_bpb(loss: float, dataset: TokenDataset, split: str) -> float:
+    """Bits per byte of a split_loss: its loss summed over the split's targets, over their bytes."""
+    n_targets = len(dataset.splits[split]) - 1
+    return bits_per_byte(loss * n_targets, dataset.target_bytes(split))
+
+
+@torch.no_grad()
+def summed_loss(
+    model: GPT, x: torch.Tensor, y: torch.Tensor, batch_size: int, ctx: contextlib.AbstractContextManager,
+    device: str, desc: str, quiet: bool = True, check_stop: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    """Cross-entropy summed over the targets y (N, T) of inputs x (N, T) (IGNORE_INDEX targets left
+    out), batch_size rows at a time; returns (total nats, number of targets)."""
     was_training = model.training
     model.eval()
-    x, y = dataset.windows(split, block_size)
     total, count = 0.0, 0
-    for i in progress(range(0, len(x), batch_size), desc=f"full {split}", unit="batch", quiet=quiet):
+    for i in progress(range(0, len(x), batch_size), desc=desc, unit="batch", quiet=quiet):
         if check_stop is not None:
             check_stop()
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
@@ -64,4 +88,4 @@ def split_loss(
         total += losses.item()
         count += int((yb != IGNORE_INDEX).sum())
     model.train(was_training)
-    return total / count
+    return total, count

@@ -52,15 +52,19 @@ def plot_loss(out_dir: str | Path) -> Path:
     return save_figure(fig, out_dir / LOSS_PLOT)
 
 
-def plot_val_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: str | Path) -> Path:
-    """One PNG with every run's val loss against iteration (left) and wall time (right)."""
+VAL_CURVES = {"val_loss": "val loss (nats per token)", "val_bpb": "val bits per byte"}
+"""The metrics a comparison plot can draw, with their axis labels."""
+
+
+def plot_val_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: str | Path, metric: str = "val_loss") -> Path:
+    """One PNG with every run's `metric` (a VAL_CURVES key) against iteration (left) and wall time (right)."""
     fig = Figure(figsize=(11, 4), dpi=100)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (x, label) in zip(axes, X_AXES):
         for name, records in runs:
-            ax.plot(*series(records, x, "val_loss"), "o-", markersize=3, label=name)
+            ax.plot(*series(records, x, metric), "o-", markersize=3, label=name)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("val loss (nats per token)")
+    axes[0].set_ylabel(VAL_CURVES[metric])
     axes[0].legend()
     return save_figure(fig, path)

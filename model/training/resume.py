@@ -29,6 +29,8 @@ SCHEDULE_KEYS = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "d
 def describe_vocabulary(tokenizer_meta: dict[str, Any]) -> str:
     if tokenizer_meta.get("kind") == "char":
         return f"{len(tokenizer_meta.get('chars', ''))} characters"
+    if tokenizer_meta.get("kind") == "bpe":
+        return f"a learned byte-level BPE of {tokenizer_meta.get('vocab_size')} tokens"
     return f"{tokenizer_meta.get('kind')} '{tokenizer_meta.get('name')}', {tokenizer_meta.get('vocab_size')} tokens"
 
 

@@ -24,7 +24,7 @@ from model.device import allow_tf32, autocast, describe_precision, resolve_devic
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
 from model.files import remove_stale_temporaries
-from model.training.evaluate import estimate_loss, split_loss
+from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
 from model.training.mfu import MFUMeter
@@ -270,8 +270,10 @@ class Trainer:
 
     def eval_and_checkpoint(self) -> None:
         losses = self.evaluate()
-        self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
+        self.echo(f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                  f"val bpb {losses['val_bpb']:.4f}")
+        self.logger.log({"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                         "val_bpb": losses["val_bpb"]})
         # under FSDP every rank takes part in the forward passes (each holds a shard of every weight)
         wants_samples = self.config.sample_tokens > 0 and self.logger.wants_samples
         if self.dist.fsdp:
@@ -292,9 +294,11 @@ class Trainer:
 
     def report_full_val(self) -> float:
         loss = self.full_val_loss()
-        self.echo(f"full-val loss {loss:.4f}")
+        bpb = split_bpb(loss, self.dataset, "val")
+        self.echo(f"full-val loss {loss:.4f}, bpb {bpb:.4f}")
         # train_time: seconds since training started, counting compilation, evaluations and checkpoints
-        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "train_time": time.time() - self.t_start})
+        self.logger.log({"iter": self.iter_num, "full_val_loss": loss, "full_val_bpb": bpb,
+                         "train_time": time.time() - self.t_start})
         return loss
 
     # -- the loop ------------------------------------------------------------------------------
