@@ -47,11 +47,12 @@ def test_bench_reports_time_to_target(char_data_dir, tmp_path, capsys):
     assert [p["iter"] for p in run["full_val"]] == [10, 20]
     first = next(p for p in run["full_val"] if p["loss"] <= 3.9)
     assert (run["iter_at_target"], run["time_to_target"]) == (first["iter"], first["train_time"])
-    assert run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1
+    assert run["tokens_per_sec"] > 0 and run["mfu"] > 0  # (a tiny, loaded probe can read a peak below a run's speed)
     # the MFU the trainer logged and the benchmark's: the same FLOPs per token (the report's) and peak
     model_config, _ = from_dict(json.loads((result_dir / "run0" / "config.json").read_text()))
     assert run["flops_per_token"] == flops_per_token(model_config)
     peak = result["peak_flops"][run["dtype"]]
+    assert run["mfu"] == pytest.approx(run["tokens_per_sec"] * run["flops_per_token"] / peak)
     logged = [r for r in read_metrics(result_dir / "run0" / "metrics.jsonl") if "mfu" in r]
     assert logged and all(r["mfu"] == pytest.approx(r["tokens_per_sec"] * run["flops_per_token"] / peak)
                           for r in logged)
