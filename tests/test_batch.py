@@ -74,6 +74,7 @@ def test_joining_and_leaving_equals_alone(shape, c_decode):
         (2, [5, 6, 7, 8, 9, 10, 11], 4),  # longer than the batch's columns so far: shifts the others right
         (3, [4], 20),  # runs past block_size: slides
         (4, [7, 8], 3),
+        (5, [3, 1], 20), (5, [9, 8], 20),  # two contexts fill up at the same step
         (9, list(range(1, 20)), 5),  # prompt longer than block_size
         (12, [2, 2], 5),  # joins a batch that others left: the padding they shared is gone
     ]

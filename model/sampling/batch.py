@@ -99,10 +99,9 @@ class RunningBatch:
         """Feed each sequence its next token; returns each one's logits (vocab,) for the token after."""
         if set(tokens) != set(self.sequences):
             raise ValueError("step needs one token for every sequence in the batch")
-        for seq in self.cached:
-            if len(seq.tokens) >= self.block_size:  # the context is full: slide from now on
-                self._remove_row(seq)
-                self.sliding.append(seq)
+        for seq in [s for s in self.cached if len(s.tokens) >= self.block_size]:  # full: slide from now on
+            self._remove_row(seq)
+            self.sliding.append(seq)
         for seq, token in tokens.items():
             seq.tokens.append(token)
             del seq.tokens[: -self.block_size - 1]

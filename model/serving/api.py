@@ -269,6 +269,7 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest, request: Request):
         m = pick(body.model)
+        check_completion(body, [], m, limits)
         prompts = encode_prompts(m, body.prompt, limits)
         check_completion(body, prompts, m, limits)
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -310,7 +311,7 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
             idx = torch.tensor([ids], dtype=torch.long, device=m.engine.device)
             patterns = m.model.attention_patterns(idx)  # n_layer x (1, nh, T, T)
             picked = torch.stack([patterns[layer][0, heads] for layer in layers])  # (L, H, T, T)
-            return (picked.float() * 1e4).round().div(1e4).cpu().tolist()
+            return (picked.double() * 1e4).round().div(1e4).cpu().tolist()  # 4 decimals are plenty
 
         weights = await asyncio.wrap_future(m.engine.call(compute))
         return {"object": "attention", "model": m.id, "tokens": [token_text(m.tok, t) for t in ids], "token_ids": ids,

@@ -146,7 +146,10 @@ class Engine:
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
         self.stopping = False
+        # torch's thread count is per thread under OpenMP: the decoding thread takes its creator's
+        self.threads = torch.get_num_threads()
         self.steps = 0  # decoding steps run (each one forward pass for every active text)
+        self.peak = 0  # most texts decoded in one step
 
     def start(self) -> None:
         if self.thread is None:
@@ -179,9 +182,10 @@ class Engine:
         return future
 
     def load(self) -> dict[str, int]:
-        return {"active": len(self.active), "waiting": len(self.waiting)}
+        return {"active": len(self.active), "waiting": len(self.waiting), "steps": self.steps, "peak_batch": self.peak}
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self.wake:
@@ -225,6 +229,7 @@ class Engine:
             return
         logits = self.batch.step({c.sequence: c.next_token for c in self.active})
         self.steps += 1
+        self.peak = max(self.peak, len(self.active))
         for choice in list(self.active):
             self._advance(choice, logits[choice.sequence])
 
