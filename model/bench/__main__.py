@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "kernels": "model.bench.kernels",  # the C training kernels vs the PyTorch ops they replace
     "tokenize": "model.bench.tokenize",  # Hugging Face preparation vs plain tiktoken, tokens/s
     "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate (issue 8)
+    "serve": "model.bench.serve",  # the server: one stream vs sample.py, 8 streams, time to first token, load test (issue 17)
 }
 
 
