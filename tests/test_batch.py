@@ -4,27 +4,13 @@ the same greedy tokens as generate() gives each of them alone."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from model.config import GPTConfig
 from model.nn.gpt import GPT
 from model.sampling.batch import RunningBatch
 from model.sampling.generate import generate, prepare_for_sampling
+from test_generate import peaky_gpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def peaky_gpt(seed: int = 0, **shape) -> GPT:
-    """Random weights with clear-cut next-token choices (see test_generate.peaky_gpt)."""
-    torch.manual_seed(seed)
-    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40)
-    values.update(shape)
-    model = GPT(GPTConfig(**values))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(std=0.5)
-    return model.eval()
 
 
 def alone(model: GPT, prompt: list[int], n: int) -> list[int]:

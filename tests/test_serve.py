@@ -438,3 +438,36 @@ def test_sources_get_unique_ids(tmp_path):
     sources = find_sources([str(other), str(a / "ckpt.pt")], [str(tmp_path / "runs")], ["gpt2"])
     assert [s.id for s in sources] == ["alpha", "beta", "alpha-2", "alpha-3", "gpt2"]
     assert [s.hugging_face for s in sources] == [False, False, False, False, True]
+
+
+@pytest.mark.slow
+def test_python_m_model_serve(run):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from conftest import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "model.serve", f"--out_dir={run}", f"--port={port}"],
+                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return process.poll() is not None
+        assert wait_until(up, timeout=120) and process.poll() is None
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": PROMPT, "max_tokens": 5}, timeout=60)
+        assert reply.status_code == 200 and len(reply.json()["choices"][0]["text"]) == 5
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"serving shakespeare at http://127.0.0.1:{port}/" in err and "Traceback" not in err

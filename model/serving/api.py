@@ -225,7 +225,7 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
         messages = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-        message = e.detail if isinstance(e.detail, str) and e.status_code not in messages else messages.get(e.status_code, str(e.detail))
+        message = messages.get(e.status_code, e.detail if isinstance(e.detail, str) else str(e.detail))
         return error_response(e.status_code, message, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
