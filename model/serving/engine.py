@@ -135,11 +135,11 @@ class Choice:
 class Engine:
     """Runs one model's decoding on its own thread; see the module docstring."""
 
-    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64):
-        self.model, self.tok = model, tok
+    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, batch_model: GPT | None = None):
+        self.model, self.tok, self.batch_model = model, tok, batch_model
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.device = model.lm_head.weight.device
-        self.batch = RunningBatch(model, max_batch)
+        self.batch = RunningBatch(model, max_batch, batch_model)
         self.waiting: deque[Choice] = deque()
         self.active: list[Choice] = []
         self.tasks: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
@@ -273,4 +273,4 @@ class Engine:
         for choice in self.active + waiting:
             choice.job.emit(Event(choice.index, error=message, tokens=0))
         self.active = []
-        self.batch = RunningBatch(self.model, self.max_batch)  # whatever state the failure left it in
+        self.batch = RunningBatch(self.model, self.max_batch, self.batch_model)  # whatever state the failure left
