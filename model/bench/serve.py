@@ -8,8 +8,9 @@ transformers folder and served by `python -m model.serve --init_from=FOLDER` in 
 free loopback port; the clients are threads of this process, streaming over HTTP.
 
 - single stream: one client, --new_tokens greedy tokens after a --prompt_tokens prompt, timed end
-  to end (request sent to last token received), best of --repeats; beside it, in the same run and
-  alternating with it, sample.py's decoding (generate_text on the same weights, also end to end).
+  to end (request sent to last token received), best of --repeats; beside it, in the same run,
+  sample.py's decoding (generate_text on the same weights, end to end) in a process of its own
+  with the server's thread count.
 - N streams: --clients clients start the same request at once; aggregate tokens/s is all their
   tokens over the time from the first request to the last token, best of --repeats.
 - time to first token, p50/p95: 1 client (20 requests, one at a time) and --clients clients (every
@@ -83,11 +84,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-               "OMP_NUM_THREADS": str(threads)}
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "model.serve", f"--init_from={folder}", f"--port={self.port}", "--quiet",
-             f"--max_batch={clients}"], env=env, stderr=subprocess.PIPE, text=True)
+             f"--max_batch={clients}"], env=self.env, stderr=subprocess.PIPE, text=True)
 
     def wait(self, http, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -108,6 +109,28 @@ class Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+SAMPLE_PY = """
+import json, sys, time
+from model.huggingface import load_pretrained
+from model.sampling.generate import generate_text, prepare_for_sampling
+folder, prompt, n, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model, tok = load_pretrained(folder)
+prepare_for_sampling(model)
+list(generate_text(model, tok, [prompt], 8, temperature=0))
+for _ in range(repeats):
+    t = time.perf_counter()
+    list(generate_text(model, tok, [prompt], n, temperature=0))
+    print(n / (time.perf_counter() - t), flush=True)
+"""
+
+
+def sample_py_speed(folder: Path, prompt: list[int], new_tokens: int, repeats: int, env: dict) -> list[float]:
+    """Tokens/s of sample.py's decoding (prepare_for_sampling, generate_text: greedy, batch 1, end to end)."""
+    out = subprocess.run([sys.executable, "-c", SAMPLE_PY, str(folder), json.dumps(prompt), str(new_tokens),
+                          str(repeats)], env=env, capture_output=True, text=True, check=True)
+    return [float(line) for line in out.stdout.split()]
 
 
 def load_test(url: str, clients: int, requests: int, seed: int = 0) -> dict:
@@ -169,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from model.huggingface import gpt_from_hf, load_pretrained, save_pretrained
-    from model.sampling.generate import generate_text, prepare_for_sampling
+    from model.huggingface import gpt_from_hf, save_pretrained
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
@@ -182,24 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         del hf_model
         server = Server(folder, args.threads, args.clients)
         try:
-            model, tok = load_pretrained(folder)
-            prepare_for_sampling(model)  # what sample.py does (C decoding on a CPU)
             prompt = torch.randint(0, GPT2_VOCAB, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
             body = dict(prompt=prompt, max_tokens=args.new_tokens, temperature=0)
             with httpx.Client(base_url=server.url, timeout=600) as http:
                 server.wait(http)
                 streamed(http, {**body, "max_tokens": 8})  # warm-up
-                list(generate_text(model, tok, [prompt], 8, temperature=0))
-                sample_py, single, ttft_1 = [], [], []
-                for _ in range(args.repeats):  # alternating, so background load hits both alike
-                    t = time.perf_counter()
-                    list(generate_text(model, tok, [prompt], args.new_tokens, temperature=0))
-                    sample_py.append(args.new_tokens / (time.perf_counter() - t))
+                # sample.py's decoding in a process of its own, as the server has, with the same threads
+                sample_py = sample_py_speed(folder, prompt, args.new_tokens, args.repeats, server.env)
+                single, ttft_1 = [], []
+                for _ in range(args.repeats):
                     _, total, tokens = streamed(http, body)
                     single.append(tokens / total)
                 for _ in range(20):
                     ttft_1.append(streamed(http, {**body, "max_tokens": 8})[0])
-            del model
 
             aggregate, ttft_n = [], []
             for _ in range(args.repeats):
