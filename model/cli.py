@@ -452,4 +452,86 @@ def eval_main(argv: list[str] | None = None) -> int:
         line = (f"{name}: loss {score.loss:.4f} nats/token, {score.bpb:.4f} bits/byte "
                 f"({score.tokens:,} tokens, {score.bytes:,} bytes)")
     print(json.dumps(result) if args.json else line)
+
+
+SERVE_EPILOG = """The page is at http://HOST:PORT/ and the API under /v1 (see docs/serving.md). It binds
+127.0.0.1 unless --host says otherwise; with an API key (--api_key or $TINYGPT_API_KEY) every /v1
+request must send 'Authorization: Bearer KEY'."""
+
+
+@guarded
+def serve_main(argv: list[str] | None = None) -> int:
+    import os
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise TinyGPTError("serving needs FastAPI and uvicorn: pip install -e \".[serve]\"") from None
+    from model.serving.api import API_KEY_ENV, Limits
+
+    limits = Limits()
+    limit_help = {
+        "max_prompt_tokens": "longest prompt, in tokens", "max_tokens": "most tokens generated per text",
+        "max_n": "most texts per prompt (n)", "max_logprobs": "most alternatives reported per token",
+        "max_body_bytes": "largest request body", "max_attention_tokens": "longest text for the attention view",
+    }
+    parser = OneLineArgumentParser(
+        prog="python -m model.serve", epilog=SERVE_EPILOG,
+        description="Serve trained models: a playground page and an OpenAI-compatible completions API.",
+    )
+    parser.add_argument("--out_dir", action="append", default=[],
+                        help="a training run folder (best.pt, else ckpt.pt) or checkpoint file; repeatable")
+    parser.add_argument("--runs", action="append", default=[], help="serve every run folder inside this folder")
+    parser.add_argument("--init_from", action="append", default=[],
+                        help="a Hugging Face GPT-2 save_pretrained folder, or a hub name such as gpt2; repeatable")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api_key", default=None, help=f"require this key on API requests (default: ${API_KEY_ENV})")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--c_decode", type=parse_bool, default=True,
+                        help="on a CPU, decode a lone text's tokens in C (model/kernels/decode.py); False keeps PyTorch's ops")
+    parser.add_argument("--batch_copy", type=parse_bool, default=True,
+                        help="with the C decoder, keep a second copy of the weights laid out for batches of texts "
+                        "(faster batched decoding, twice the memory); False: one copy")
+    parser.add_argument("--max_batch", type=int, default=8, help="texts decoded together (concurrent streams)")
+    parser.add_argument("--max_waiting", type=int, default=64, help="texts queued for a place in the batch (then 429)")
+    for name, text in limit_help.items():
+        parser.add_argument(f"--{name}", type=int, default=getattr(limits, name), help=text)
+    parser.add_argument("--quiet", action="store_true", help="no access log")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
+                 "max_attention_tokens"):
+        if getattr(args, name) < 1:
+            raise TinyGPTError(f"--{name} must be at least 1")
+    if args.max_logprobs < 0 or not 0 < args.port < 65536:
+        raise TinyGPTError("--max_logprobs must be >= 0 and --port between 1 and 65535")
+    for name in limit_help:
+        setattr(limits, name, getattr(args, name))
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+
+    import socket
+
+    try:  # a clear error now rather than a traceback from the server once the models are loaded
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as e:
+        raise TinyGPTError(f"can't listen on {args.host}:{args.port}: {e.strerror or e}; pick another --port") from None
+
+    from model.device import resolve_device, resolve_dtype
+    from model.serving.api import create_app
+    from model.serving.models import find_sources, load_served
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    out_dirs = args.out_dir or ([] if args.runs or args.init_from else ["out"])
+    sources = find_sources(out_dirs, args.runs, args.init_from)
+    served = load_served(sources, device, dtype, args.c_decode, args.max_batch, args.max_waiting, args.batch_copy)
+    app = create_app(served, limits, api_key)
+    where = f"http://{args.host}:{args.port}/"
+    print(f"serving {', '.join(m.id for m in served)} at {where} (API: {where}v1; Ctrl-C stops)", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach it can use it", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=not args.quiet)
     return 0

@@ -1,0 +1,1 @@
+"""Serving trained models over HTTP: an OpenAI-compatible API, a playground page, continuous batching."""

@@ -1,0 +1,276 @@
+"""The decoding loop behind the server: one thread per model, every request's texts in one batch.
+
+Requests arrive on the web server's event loop; their texts ("choices": n per prompt) queue here and
+join the running batch (model/sampling/batch.py) at the next step, up to `max_batch` at once; each
+step samples one token per text, with that text's own temperature / top-k / top-p and random
+generator, and hands the new text to its request as an Event, on the request's event loop. A text
+leaves the batch when it ends (a stop string, the end-of-text token, max_tokens) or when its request
+is cancelled (the client went away). Other model work (attention maps, the prompt's log-probabilities)
+runs on the same thread between steps, so nothing else competes for the cores mid-step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model.data.tokenizer import StreamDecoder, token_bytes
+from model.nn.gpt import GPT
+from model.sampling.batch import RunningBatch, Sequence
+from model.sampling.generate import StopAtString, sample_next
+
+log = logging.getLogger("tinygpt.serve")
+
+
+class Busy(Exception):
+    """The queue of waiting texts is full; the client should retry later."""
+
+
+@dataclass
+class Sampling:
+    """How one request's texts are generated."""
+
+    max_tokens: int
+    """Most tokens generated per text (at least 1)."""
+    temperature: float = 1.0
+    """0 is greedy."""
+    top_k: int | None = None
+    """Keep only the k most likely tokens (None or 0: all)."""
+    top_p: float | None = None
+    """Nucleus sampling threshold in (0, 1] (None or 1: off)."""
+    stop: list[str] = field(default_factory=list)
+    """A text ends before the first of these strings, which is left out."""
+    seed: int | None = None
+    """Text j of a request samples with seed + j; None draws a fresh seed."""
+    logprobs: int | None = None
+    """Report each token's log-probability and this many top alternatives (None: none)."""
+
+
+@dataclass
+class TokenInfo:
+    """A generated token as the API reports it: its text, its log-probability under the model
+    (log-softmax of the logits, before temperature, top-k and top-p) and the most likely tokens'."""
+
+    id: int
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class Event:
+    """Something new for choice `index` of a request: text, the token behind it, or its end."""
+
+    index: int
+    text: str = ""
+    token: TokenInfo | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    tokens: int = 1
+    """Tokens generated for it (one per decoding step of the choice)."""
+
+
+def token_text(tok, token: int) -> str:
+    """A token's text; a token that isn't whole UTF-8 on its own (part of a character) is written
+    as its bytes, 'bytes:\\xe2\\x80', as OpenAI's API does."""
+    raw = token_bytes(tok, [token])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def top_logprobs(tok, logits: Tensor, k: int) -> tuple[Tensor, list[tuple[str, float]]]:
+    """log-softmax of logits (..., vocab) and the k most likely tokens of the last row, as (text, logprob)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if k == 0:
+        return logprobs, []
+    values, ids = torch.topk(logprobs.reshape(-1, logprobs.size(-1))[-1], k)
+    return logprobs, [(token_text(tok, i), v) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+class Job:
+    """A request's texts, and the queue on its event loop where their Events arrive."""
+
+    def __init__(self, prompts: list[list[int]], n: int, sampling: Sampling, loop: asyncio.AbstractEventLoop):
+        self.sampling = sampling
+        self.loop = loop
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False
+        self.choices = [Choice(self, i * n + j, prompt, j) for i, prompt in enumerate(prompts) for j in range(n)]
+
+    def emit(self, event: Event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancelled = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Choice:
+    """One text being generated: where it is in the batch, its random generator, its decoded text."""
+
+    def __init__(self, job: Job, index: int, prompt: list[int], offset: int):
+        self.job, self.index, self.prompt = job, index, prompt
+        self.seed_offset = offset
+        self.sequence: Sequence | None = None
+        self.next_token: int | None = None
+        self.generated = 0
+        self.generator: torch.Generator | None = None
+        self.decoder: StreamDecoder | None = None
+        self.stopper: StopAtString | None = None
+
+
+class Engine:
+    """Runs one model's decoding on its own thread; see the module docstring."""
+
+    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, batch_model: GPT | None = None):
+        self.model, self.tok, self.batch_model = model, tok, batch_model
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.device = model.lm_head.weight.device
+        self.batch = RunningBatch(model, max_batch, batch_model)
+        self.waiting: deque[Choice] = deque()
+        self.active: list[Choice] = []
+        self.tasks: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+        # torch's thread count is per thread under OpenMP: the decoding thread takes its creator's
+        self.threads = torch.get_num_threads()
+        self.steps = 0  # decoding steps run (each one forward pass for every active text)
+        self.peak = 0  # most texts decoded in one step
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.stopping = False
+            self.thread = threading.Thread(target=self._run, name="tinygpt-engine", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+            self.thread = None
+
+    def submit(self, job: Job) -> None:
+        """Queue a request's texts; raises Busy when the queue has no room for them."""
+        with self.wake:
+            if len(self.waiting) + len(job.choices) > self.max_waiting:
+                raise Busy(f"{len(self.waiting)} texts are already waiting (at most {self.max_waiting})")
+            self.waiting.extend(job.choices)
+            self.wake.notify()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run fn on the decoding thread between two steps; its result arrives in the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self.wake:
+            self.tasks.append((fn, future))
+            self.wake.notify()
+        return future
+
+    def load(self) -> dict[str, int]:
+        return {"active": len(self.active), "waiting": len(self.waiting), "steps": self.steps, "peak_batch": self.peak}
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            while True:
+                with self.wake:
+                    while not (self.stopping or self.waiting or self.tasks or self.active):
+                        self.wake.wait()
+                    if self.stopping:
+                        break
+                    tasks, self.tasks = list(self.tasks), deque()
+                for fn, future in tasks:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn())
+                        except Exception as e:  # the caller turns it into an error reply
+                            future.set_exception(e)
+                try:
+                    self._admit()
+                    self._step()
+                except Exception:
+                    log.exception("decoding failed; ending the texts being generated")
+                    self._fail_all("internal error while generating; see the server's log")
+        self._fail_all("the server is shutting down")
+
+    def _admit(self) -> None:
+        """Move waiting texts into the batch while there is room (each joins with one prefill)."""
+        while len(self.active) < self.max_batch:
+            with self.wake:
+                if not self.waiting:
+                    return
+                choice = self.waiting.popleft()
+            if choice.job.cancelled:
+                continue
+            choice.sequence, logits = self.batch.join(choice.prompt)
+            self.active.append(choice)
+            self._advance(choice, logits)
+
+    def _step(self) -> None:
+        """Drop cancelled texts, then one token for every text in the batch."""
+        for choice in [c for c in self.active if c.job.cancelled]:
+            self._finish(choice)
+        if not self.active:
+            return
+        logits = self.batch.step({c.sequence: c.next_token for c in self.active})
+        self.steps += 1
+        self.peak = max(self.peak, len(self.active))
+        for choice in list(self.active):
+            self._advance(choice, logits[choice.sequence])
+
+    def _advance(self, choice: Choice, logits: Tensor) -> None:
+        """Sample choice's next token from its logits (vocab,), and report the text it adds."""
+        s = choice.job.sampling
+        if choice.generated == 0:
+            choice.generator = torch.Generator(device=self.device)
+            if s.seed is None:
+                choice.generator.seed()
+            else:
+                choice.generator.manual_seed(s.seed + choice.seed_offset)
+            choice.decoder, choice.stopper = StreamDecoder(self.tok), StopAtString(s.stop)
+        token = int(sample_next(logits[None], s.temperature, s.top_k, s.top_p, choice.generator)[0])
+        info = None
+        if s.logprobs is not None:
+            logprobs, top = top_logprobs(self.tok, logits, s.logprobs)
+            info = TokenInfo(token, token_text(self.tok, token), float(logprobs[token]), top)
+        choice.generated += 1
+        end_of_text = token == self.tok.eot_token
+        text = "" if end_of_text else choice.stopper.push(choice.decoder.push([token]))
+        finish = None
+        if choice.stopper.stopped:
+            finish = "stop"
+        elif end_of_text or choice.generated >= s.max_tokens:
+            finish = "stop" if end_of_text else "length"
+            text += choice.stopper.push(choice.decoder.flush()) + choice.stopper.flush()
+        choice.job.emit(Event(choice.index, text, info, finish))
+        if finish is not None:
+            self._finish(choice)
+        else:
+            choice.next_token = token
+
+    def _finish(self, choice: Choice) -> None:
+        self.batch.leave(choice.sequence)
+        self.active.remove(choice)
+
+    def _fail_all(self, message: str) -> None:
+        with self.wake:
+            waiting, self.waiting = list(self.waiting), deque()
+        for choice in self.active + waiting:
+            choice.job.emit(Event(choice.index, error=message, tokens=0))
+        self.active = []
+        self.batch = RunningBatch(self.model, self.max_batch, self.batch_model)  # whatever state the failure left
