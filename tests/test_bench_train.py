@@ -10,7 +10,7 @@ import torch
 from model.bench import train as bench
 from model.config import GPTConfig
 from model.nn.gpt import GPT
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 @pytest.mark.parametrize("options", [{}, dict(tie_weights=False, bias=False, mlp_ratio=2)])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model.config import load_config
 from model.data.dataset import TokenDataset
 from model.training.trainer import train

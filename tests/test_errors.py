@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.cli import prepare_main, sample_main, train_main
 
 

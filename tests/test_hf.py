@@ -130,7 +130,7 @@ def gpt2_data_dir(tmp_path, corpus):
 
 def test_train_init_from_hf_folder_starts_from_its_weights(hf_dir, gpt2_data_dir, tmp_path):
     from model.checkpoint import load_model
-    from tests.conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     folder, ref = hf_dir
     out = tmp_path / "out"
@@ -145,7 +145,7 @@ def test_train_init_from_hf_folder_starts_from_its_weights(hf_dir, gpt2_data_dir
 
 
 def test_train_init_from_hf_refuses_other_tokenizer(hf_dir, char_data_dir, tmp_path, capsys):
-    from tests.conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     folder, _ = hf_dir
     values = tiny_overrides(char_data_dir, tmp_path / "out", init_from=folder)

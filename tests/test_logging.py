@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.training import plots
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError

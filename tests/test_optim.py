@@ -14,7 +14,7 @@ from model.errors import ConfigError
 from model.nn.gpt import GPT
 from model.training.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
 from model.training.trainer import Trainer
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (48, 16), (16, 64), (3, 32, 8)])

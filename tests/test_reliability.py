@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import TinyGPTError

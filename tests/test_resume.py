@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.config import load_config
 from model.training.trainer import train
 from test_distributed import final_weights, run_torchrun, train_losses

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model.config import load_config
 from model.training.trainer import train
 

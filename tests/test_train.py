@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.checkpoint import load_checkpoint, load_model
 from model.cli import train_main
 from model.config import load_config
