@@ -1,30 +1,29 @@
 """Helpers shared by the tests (import them: `from helpers import ROOT, tiny_overrides`); fixtures live
 in conftest.py.
 
-Markers for tests that need something a machine may lack; conftest.py skips such a test, with the
-reason, when the thing can't be had here:
-    @needs_gpt2      tiktoken's GPT-2 files (from its cache, TIKTOKEN_CACHE_DIR, or a download)
-    @needs_kernels   the C kernels (a C compiler that builds them, and TINYGPT_KERNELS not 0)
-and `@slow` for subprocess, torchrun and kill tests and anything else that takes seconds:
+Markers (registered in pyproject.toml) for tests that need something a machine may lack; conftest.py
+skips such a test, saying why, when the thing can't be had here (checked once per session):
+    @pytest.mark.needs_gpt2     tiktoken's GPT-2 files (its cache, TIKTOKEN_CACHE_DIR, or a download)
+    @pytest.mark.needs_kernels  the C kernels (a C compiler that builds them, TINYGPT_KERNELS not 0)
+and @pytest.mark.slow for subprocess, torchrun and kill tests and any other that takes seconds:
 `pytest -m "not slow"` is the fast subset.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
-import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 """Files a developer or CI may have beside the clone (tiktoken's cache, Tiny Shakespeare); optional."""
-
-slow = pytest.mark.slow
-needs_gpt2 = pytest.mark.needs_gpt2
-needs_kernels = pytest.mark.needs_kernels
 
 GPT2_LOAD_TIMEOUT = 30.0
 """Seconds to wait for tiktoken to find or download GPT-2's files before the tests needing them skip."""
@@ -90,3 +89,20 @@ def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
     )
     values.update(extra)
     return {k: str(v) for k, v in values.items()}
+
+
+def train_losses(out_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in records if "loss" in r}
+
+
+def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "ckpt.pt", weights_only=True)["model"]
+
+
+def run_torchrun(nproc: int, overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "train.py", *args, "--quiet"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

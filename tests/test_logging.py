@@ -32,6 +32,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])  # IHDR width, height
 
 
+@pytest.mark.slow
 def test_training_run_writes_metrics_config_and_loss_plot(char_data_dir, tmp_path, monkeypatch):
     drawn = []
     real_plot_loss = plots.plot_loss
@@ -60,6 +61,7 @@ def test_training_run_writes_metrics_config_and_loss_plot(char_data_dir, tmp_pat
     assert width > 500 and height > 200
 
 
+@pytest.mark.slow
 def test_new_run_starts_new_metrics_and_resume_continues_them(char_data_dir, tmp_path):
     out = tmp_path / "out"
     train(char_data_dir, out)
@@ -133,6 +135,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_logs_config_metrics_samples_and_checkpoint(char_data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the config key alone must pick offline
     out = tmp_path / "out"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import final_weights, run_torchrun, tiny_overrides, train_losses
 from model.config import load_config
 from model.training.trainer import train
-from test_distributed import final_weights, run_torchrun, train_losses
+
+pytestmark = pytest.mark.slow  # a training run stopped and resumed, and one under torchrun
 
 # Dropout and gradient accumulation on, and an eval interval that doesn't divide the stopping point,
 # so the RNG streams, the sampler position and the schedule all have to be restored to match.

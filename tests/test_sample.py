@@ -7,6 +7,8 @@ from helpers import ROOT, tiny_overrides
 from model.config import load_config
 from model.training.trainer import train
 
+pytestmark = pytest.mark.slow  # every test runs sample.py in a subprocess
+
 
 @pytest.fixture
 def trained(char_data_dir, tmp_path):

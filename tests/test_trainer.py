@@ -1,5 +1,7 @@
+import pytest
 
 
+@pytest.mark.slow  # a subprocess
 def test_keep_freed_memory_on_glibc_linux():
     import platform
     import subprocess
