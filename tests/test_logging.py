@@ -210,7 +210,7 @@ def test_progress_bars_are_off_when_quiet_or_not_a_terminal():
     assert progress(total=3).disable  # pytest captures stderr: not a terminal
 
 
-@pytest.mark.parametrize("kind", ["char", "gpt2"])
+@pytest.mark.parametrize("kind", ["char", pytest.param("gpt2", marks=pytest.mark.needs_gpt2)])
 def test_encoding_in_pieces_gives_the_same_ids(shakespeare_text, kind):
     from model.data import tokenizer as tokenizers
     from model.data.dataset import encode_with_progress
