@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SHARED, gpt2_unavailable, kernels_unavailable, shakespeare_path, tiny_overrides
+# Set before torch is first imported (helpers imports it): OpenMP threads that spin while they wait for
+# each other make every op crawl when the machine is busy with other work (a shared CI runner, the
+# rest of the suite's subprocesses); waiting passively costs the tests' tiny ops next to nothing.
+# Subprocesses (train.py, torchrun) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from helpers import SHARED, gpt2_unavailable, kernels_unavailable, shakespeare_path, tiny_overrides  # noqa: E402
 
 # Tests never touch the network when ../shared has what they need: tiktoken reads its cache from
 # there, wandb stays offline.
