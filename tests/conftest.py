@@ -83,8 +83,8 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def one_thread():
-    """Run a test with one torch thread. Tiny models gain nothing from more, and OpenMP threads that
-    spin-wait for each other make every op crawl (40x seen) when the machine is busy with other work."""
+    """Run a test with one torch thread: tiny models gain nothing from more, and one thread has no
+    other thread to wait for when the machine is busy with other work."""
     import torch
 
     threads = torch.get_num_threads()
