@@ -46,7 +46,7 @@ def shakespeare_path() -> Path:
 def gpt2_unavailable() -> str | None:
     """Why tiktoken's GPT-2 encoding can't be loaded here (None when it can). Tried once per process,
     in a thread so that a network that never answers costs GPT2_LOAD_TIMEOUT seconds, not a hang."""
-    outcome: list[BaseException | None] = []
+    outcome: list[Exception | None] = []
 
     def load() -> None:
         try:
@@ -54,7 +54,7 @@ def gpt2_unavailable() -> str | None:
 
             tiktoken.get_encoding("gpt2")
             outcome.append(None)
-        except BaseException as e:  # any failure means: skip, and say which
+        except Exception as e:  # any failure means: skip, and say which
             outcome.append(e)
 
     thread = threading.Thread(target=load, daemon=True)
