@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, a small prepared dataset, tiny configs."""
+"""Shared fixtures: offline environment, a small prepared dataset, tiny configs; the skips that
+helpers.py's markers ask for. Shared functions and constants are in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,24 +8,37 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+# Set before torch is first imported (helpers imports it): OpenMP threads that spin while they wait for
+# each other make every op crawl when the machine is busy with other work (a shared CI runner, the
+# rest of the suite's subprocesses); waiting passively costs the tests' tiny ops next to nothing.
+# Subprocesses (train.py, torchrun) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Tests never touch the network: tiktoken reads its cache from ../shared, wandb stays offline.
+from helpers import SHARED, gpt2_unavailable, kernels_unavailable, shakespeare_path, tiny_overrides  # noqa: E402
+
+# Tests never touch the network when ../shared has what they need: tiktoken reads its cache from
+# there, wandb stays offline.
 if (SHARED / "tiktoken").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-if SHAKESPEARE.is_file():
-    os.environ.setdefault("TINYSHAKESPEARE_PATH", str(SHAKESPEARE))
+
+SKIP_UNLESS = {"needs_gpt2": gpt2_unavailable, "needs_kernels": kernels_unavailable}
+"""Marker name -> the check that says why a test with that marker can't run here (None: it can)."""
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, unavailable in SKIP_UNLESS.items():
+        if item.get_closest_marker(marker) is not None and (reason := unavailable()):
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip("../shared/data/tinyshakespeare.txt is not available")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+    """Tiny Shakespeare (see helpers.shakespeare_path for where it comes from)."""
+    from model.data.dataset import read_corpus
+
+    return read_corpus(shakespeare_path())
 
 
 @pytest.fixture
@@ -43,17 +57,6 @@ def char_data_dir(tmp_path: Path, corpus: Path) -> Path:
     data_dir = tmp_path / "data"
     prepare("tiny", data_dir, input_path=str(corpus), tokenizer="char")
     return data_dir
-
-
-def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
-    """Config values for a run that takes a second or two on a CPU."""
-    values = dict(
-        dataset="tiny", data_dir=str(data_dir), out_dir=str(out_dir), device="cpu",
-        n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8,
-        max_iters=20, eval_interval=10, eval_iters=2, log_interval=5, warmup_iters=2, lr_decay_iters=20,
-    )
-    values.update(extra)
-    return {k: str(v) for k, v in values.items()}
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +83,8 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def one_thread():
-    """Run a test with one torch thread. Tiny models gain nothing from more, and OpenMP threads that
-    spin-wait for each other make every op crawl (40x seen) when the machine is busy with other work."""
+    """Run a test with one torch thread: tiny models gain nothing from more, and one thread has no
+    other thread to wait for when the machine is busy with other work."""
     import torch
 
     threads = torch.get_num_threads()

@@ -16,7 +16,7 @@ from model.errors import ConfigError
 from model.nn.gpt import GPT
 from model.nn.layers import apply_rotary, rotary_frequencies
 from model.training.trainer import Trainer
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 OPTIONS = {
     "rope": dict(pos_embedding="rope"),
@@ -125,7 +125,7 @@ def test_training_run_and_checkpoint(name, char_data_dir, tmp_path):
 
 
 def test_shipped_cpu_config_builds_the_fast_model():
-    from tests.conftest import ROOT
+    from helpers import ROOT
 
     model_config, train_config = load_config(ROOT / "configs" / "shakespeare_char_cpu.toml", ["--vocab_size=65"])
     assert (model_config.pos_embedding, model_config.norm, model_config.activation) == ("rope", "rmsnorm", "relu2")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.bench import tokenizer_choice
-from tests.conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

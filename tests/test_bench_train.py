@@ -7,10 +7,11 @@ import json
 import pytest
 
 from model.bench import train as bench
-from model.config import from_dict
+from model.config import GPTConfig, from_dict
+from model.nn.gpt import GPT
 from model.nn.report import flops_per_token
 from model.training.metrics import read_metrics
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 def test_time_to_loss_is_the_first_crossing():

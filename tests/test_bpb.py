@@ -18,7 +18,7 @@ from model.data.dataset import TokenDataset, prepare
 from model.data.tokenizer import TiktokenTokenizer
 from model.nn.gpt import GPT
 from model.training.evaluate import estimate_loss, split_bpb, split_loss
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

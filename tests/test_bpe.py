@@ -17,7 +17,7 @@ from model.cli import hf_main, prepare_main, sample_main, train_main, visualize_
 from model.data.dataset import TokenDataset, prepare
 from model.data.tokenizer import EOT, BPETokenizer, from_meta
 from model.errors import TinyGPTError
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

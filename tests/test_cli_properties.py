@@ -20,7 +20,7 @@ from unittest import mock
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.cli import sample_main, train_main
 from model.config import valid_keys
 

@@ -9,7 +9,7 @@ from model.errors import TinyGPTError
 from model.data.tokenizer import from_meta
 
 
-@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+@pytest.mark.parametrize("tokenizer", ["char", pytest.param("gpt2", marks=pytest.mark.needs_gpt2)])
 def test_prepare_round_trip_and_split(tmp_path, corpus, tokenizer):
     text = corpus.read_text()
     meta = prepare("ds", tmp_path, input_path=str(corpus), tokenizer=tokenizer)

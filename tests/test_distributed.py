@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_overrides
+from helpers import final_weights, run_torchrun, tiny_overrides, train_losses
 from model.config import load_config
 from model.data.dataset import TokenDataset
 from model.training.trainer import train
-
-
-def train_losses(out_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["iter"]: r["loss"] for r in records if "loss" in r}
-
-
-def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out_dir / "ckpt.pt", weights_only=True)["model"]
-
-
-def run_torchrun(nproc: int, overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    args = [f"--{k}={v}" for k, v in overrides.items()]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "train.py", *args, "--quiet"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_ranks_take_their_slice_of_one_global_batch(char_data_dir: Path):
@@ -43,6 +22,7 @@ def test_ranks_take_their_slice_of_one_global_batch(char_data_dir: Path):
     assert not torch.equal(parts[0][0], parts[1][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path: Path, char_data_dir: Path, fsdp: bool):
     common = dict(max_iters=6, log_interval=1, eval_interval=100, gradient_accumulation_steps=2, dtype="float32",

@@ -10,7 +10,7 @@ import torch
 from model.kernels.dropout import Dropout, dropout, dropout_add
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.needs_kernels)])
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_drops_the_right_fraction_and_scales_the_rest(dtype, p):
     x = torch.rand(1000, 1000, dtype=torch.float32).add_(0.5).to(dtype)
@@ -62,7 +62,7 @@ def test_without_the_kernels_it_is_pytorchs_dropout(monkeypatch):
     assert torch.equal(dropout(x, 0.25), expected)
 
 
-@pytest.mark.parametrize("branch_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("branch_dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.needs_kernels)])
 def test_dropout_add_is_the_stream_plus_the_dropped_branch(branch_dtype):
     x = torch.randn(64, 96, requires_grad=True)
     h = torch.randn(64, 96, requires_grad=True)

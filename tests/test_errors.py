@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.cli import prepare_main, sample_main, train_main
 from model.config import GPTConfig
 from model.nn.report import Report

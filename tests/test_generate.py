@@ -127,7 +127,7 @@ def test_generate_text_stops_at_first_stop_string_and_is_reproducible():
     assert len({text(temperature=1.0, seed=s) for s in range(4)}) > 1
 
 
-@pytest.mark.parametrize("rowdot", [True, False])
+@pytest.mark.parametrize("rowdot", [pytest.param(True, marks=pytest.mark.needs_kernels), False])
 def test_prepare_for_sampling_keeps_outputs(rowdot):
     model = peaky_gpt()
     idx = torch.randint(0, len(CHARS), (2, 10))
@@ -185,6 +185,7 @@ def test_sample_cli_bad_input_is_one_line(char_checkpoint, capsys, args, message
     assert err.startswith("error:") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.needs_kernels
 def test_rowdot_decoding_matches_and_keeps_parameters():
     from model.kernels.decode import RowDotLinear, use_rowdot
 
@@ -202,6 +203,7 @@ def test_rowdot_decoding_matches_and_keeps_parameters():
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (67, 100), (5, 1000)])
 @pytest.mark.parametrize("bias", [True, False])
@@ -219,6 +221,7 @@ def test_rowdot_kernel_equals_float32_product(dtype, shape, bias):
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5 * inp**0.5)
 
 
+@pytest.mark.needs_kernels
 def test_rowdot_build_is_cached_and_a_broken_compiler_gives_none(monkeypatch, tmp_path):
     import shutil
 
@@ -253,6 +256,7 @@ FAST_SHAPES = [
 ]
 
 
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", FAST_SHAPES)
 def test_c_decode_step_matches_pytorch_step(shape, dtype):
@@ -281,6 +285,7 @@ def test_c_decode_step_matches_pytorch_step(shape, dtype):
         assert not model.fast_decoder.usable(ours)  # full: generate re-prefills through PyTorch
 
 
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("shape", FAST_SHAPES)
 def test_generate_through_c_decode_step_equals_no_cache(shape, monkeypatch):
     from model.kernels.decode import FastDecoder
@@ -300,6 +305,7 @@ def test_generate_through_c_decode_step_equals_no_cache(shape, monkeypatch):
     assert steps == []  # a batch (and decoding without a cache) stays on the PyTorch path
 
 
+@pytest.mark.needs_kernels
 def test_c_decode_step_is_dropped_when_the_model_changes():
     model = prepare_for_sampling(peaky_gpt())
     assert model.fast_decoder.matches(model)
@@ -316,6 +322,7 @@ def test_c_decode_step_declines_float16():
     assert FastDecoder.supports(peaky_gpt()) is None
 
 
+@pytest.mark.needs_kernels
 def test_a_prepared_model_copies_and_pickles():
     import copy
     import io

@@ -79,6 +79,7 @@ def test_bad_head_count_fails_clearly():
         GPT(GPTConfig(n_embd=32, n_head=5, vocab_size=10))
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_short_text():
     text = "To be, or not to be, that is the question. "
     chars = sorted(set(text))

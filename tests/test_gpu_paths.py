@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model import checkpoint, device as devices
 from model.config import GPTConfig, TrainConfig, load_config
 from model.data.dataset import BatchLoader, TokenDataset, prepare

@@ -50,6 +50,7 @@ def hf_dir(tmp_path):
     return tmp_path / "gpt2-small-random", ref
 
 
+@pytest.mark.needs_gpt2
 def test_load_save_pretrained_folder_matches_transformers(hf_dir):
     folder, ref = hf_dir
     model, tok = hf.load_pretrained(folder)
@@ -59,6 +60,7 @@ def test_load_save_pretrained_folder_matches_transformers(hf_dir):
     assert model.config.block_size == 32 and model.lm_head.weight is model.transformer.wte.weight
 
 
+@pytest.mark.needs_gpt2
 def test_load_pytorch_model_bin(tmp_path):
     ref = small_gpt2(n_inner=64)  # MLP 2x wide instead of 4x
     folder = tmp_path / "bin"
@@ -71,6 +73,7 @@ def test_load_pytorch_model_bin(tmp_path):
     torch.testing.assert_close(our_logits(model, idx), their_logits(ref, idx), rtol=0, atol=1e-4)
 
 
+@pytest.mark.needs_gpt2
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_export_loads_in_transformers_with_matching_logits(tmp_path, tie_weights):
     torch.manual_seed(1)
@@ -106,6 +109,7 @@ def test_refuses_pickled_objects_and_unsupported_options(tmp_path, hf_dir):
         hf.load_pretrained(folder)
 
 
+@pytest.mark.needs_gpt2
 def test_sample_cli_from_hf_folder_equals_transformers_greedy(hf_dir, capsys):
     folder, ref = hf_dir
     tok = TiktokenTokenizer("gpt2")
@@ -128,9 +132,10 @@ def gpt2_data_dir(tmp_path, corpus):
     return data_dir
 
 
+@pytest.mark.needs_gpt2
 def test_train_init_from_hf_folder_starts_from_its_weights(hf_dir, gpt2_data_dir, tmp_path):
     from model.checkpoint import load_model
-    from tests.conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     folder, ref = hf_dir
     out = tmp_path / "out"
@@ -144,8 +149,9 @@ def test_train_init_from_hf_folder_starts_from_its_weights(hf_dir, gpt2_data_dir
     assert train_main([f"--{k}={v}" for k, v in values.items()] + ["--quiet"]) == 0  # and it trains
 
 
+@pytest.mark.needs_gpt2
 def test_train_init_from_hf_refuses_other_tokenizer(hf_dir, char_data_dir, tmp_path, capsys):
-    from tests.conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     folder, _ = hf_dir
     values = tiny_overrides(char_data_dir, tmp_path / "out", init_from=folder)
@@ -154,6 +160,7 @@ def test_train_init_from_hf_refuses_other_tokenizer(hf_dir, char_data_dir, tmp_p
     assert err.startswith("error:") and "tokenizer" in err and err.count("\n") == 1
 
 
+@pytest.mark.needs_gpt2
 def test_export_cli_writes_a_folder_transformers_loads(tmp_path, capsys):
     from model.checkpoint import model_state, save_checkpoint
 

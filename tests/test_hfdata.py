@@ -38,6 +38,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
+@pytest.mark.needs_gpt2
 def test_parquet_tokens_equal_tiktoken_with_eot_between_documents(tmp_path: Path):
     files = str(write_parquet(tmp_path / "docs.parquet", TEXTS))
     source = HFSource("parquet", text_column="body")
@@ -60,6 +61,7 @@ def test_parquet_tokens_equal_tiktoken_with_eot_between_documents(tmp_path: Path
                                   expected["train"])
 
 
+@pytest.mark.needs_gpt2
 def test_streaming_json_with_two_processes_from_the_command_line(tmp_path: Path, capsys):
     files = str(write_jsonl(tmp_path / "docs.jsonl", TEXTS))
     status = prepare_main(["--dataset=stream", f"--data_dir={tmp_path / 'data'}", "--hf_dataset=json",
@@ -76,6 +78,7 @@ def test_streaming_json_with_two_processes_from_the_command_line(tmp_path: Path,
     assert x.shape == y.shape == (16, 32) and torch.equal(x[:, 1:], y[:, :-1])
 
 
+@pytest.mark.needs_gpt2
 def test_separate_validation_split(tmp_path: Path):
     train_texts, val_texts = TEXTS[:30], TEXTS[30:]
     files = {"train": str(write_jsonl(tmp_path / "train.jsonl", train_texts)),
@@ -89,7 +92,7 @@ def test_separate_validation_split(tmp_path: Path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--text_column=content"], "no column 'content'"),
+    pytest.param(["--text_column=content"], "no column 'content'", marks=pytest.mark.needs_gpt2),
     (["--tokenizer=char"], "not 'char'"),
     (["--val_fraction=0"], "--val_fraction"),
 ])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.cli import train_main
 from model.training import lock as lock_module
 from model.training.lock import LOCK_NAME, OutDirLock

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.training import plots
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError
@@ -34,6 +34,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])  # IHDR width, height
 
 
+@pytest.mark.slow
 def test_training_run_writes_metrics_config_and_loss_plot(char_data_dir, tmp_path, monkeypatch):
     drawn = []
     real_plot_loss = plots.plot_loss
@@ -62,6 +63,7 @@ def test_training_run_writes_metrics_config_and_loss_plot(char_data_dir, tmp_pat
     assert width > 500 and height > 200
 
 
+@pytest.mark.slow
 def test_new_run_starts_new_metrics_and_resume_continues_them(char_data_dir, tmp_path):
     out = tmp_path / "out"
     train(char_data_dir, out)
@@ -136,6 +138,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_logs_config_metrics_samples_and_checkpoint(char_data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the config key alone must pick offline
     out = tmp_path / "out"
@@ -211,7 +214,7 @@ def test_progress_bars_are_off_when_quiet_or_not_a_terminal():
     assert progress(total=3).disable  # pytest captures stderr: not a terminal
 
 
-@pytest.mark.parametrize("kind", ["char", "gpt2"])
+@pytest.mark.parametrize("kind", ["char", pytest.param("gpt2", marks=pytest.mark.needs_gpt2)])
 def test_encoding_in_pieces_gives_the_same_ids(shakespeare_text, kind):
     from model.data import tokenizer as tokenizers
     from model.data.dataset import encode_with_progress

@@ -1,6 +1,9 @@
 """device.keep_freed_memory: glibc's malloc keeps freed memory for reuse instead of returning it to the OS."""
 
+import pytest
 
+
+@pytest.mark.slow  # a subprocess
 def test_keep_freed_memory_on_glibc_linux():
     import platform
     import subprocess

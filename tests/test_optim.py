@@ -14,7 +14,7 @@ from model.errors import ConfigError
 from model.nn.gpt import GPT
 from model.training.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
 from model.training.trainer import Trainer
-from tests.conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (48, 16), (16, 64), (3, 32, 8)])
@@ -82,6 +82,7 @@ def run(data_dir, out_dir, **extra):
     return trainer
 
 
+@pytest.mark.slow
 def test_muon_training_run(char_data_dir, tmp_path):
     trainer = run(char_data_dir, tmp_path / "out", full_eval_interval=10)
     records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
@@ -95,6 +96,7 @@ def test_muon_training_run(char_data_dir, tmp_path):
     assert muon_group["lr"] / adam_group["lr"] == pytest.approx(0.03 / 3e-3)
 
 
+@pytest.mark.slow
 def test_muon_checkpoint_resume_matches_one_run(char_data_dir, tmp_path):
     straight = run(char_data_dir, tmp_path / "a", max_iters=20, lr_decay_iters=20)
     run(char_data_dir, tmp_path / "b", max_iters=10, lr_decay_iters=20)
@@ -109,6 +111,7 @@ def test_muon_checkpoint_resume_matches_one_run(char_data_dir, tmp_path):
     torch.load(buffer, weights_only=True)  # optimizer state is plain tensors and numbers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", [("muon", "adamw"), ("adamw", "muon")])
 def test_resume_with_another_optimizer_is_one_line(first, second, char_data_dir, tmp_path, capsys):
     from model.cli import train_main

@@ -104,6 +104,7 @@ def gpt2() -> TiktokenTokenizer:
         pytest.skip(str(e))
 
 
+@pytest.mark.needs_gpt2
 @given(text=st.text())
 def test_gpt2_round_trips_any_text(gpt2, text):
     ids = gpt2.encode(text)
@@ -111,6 +112,7 @@ def test_gpt2_round_trips_any_text(gpt2, text):
     assert gpt2.decode(ids) == text
 
 
+@pytest.mark.needs_gpt2
 @given(text=st.text(), data=st.data())
 def test_gpt2_streamed_in_any_chunks_gives_the_same_text(gpt2, text, data):
     """Tokens can split a multi-byte character; streaming must hold the bytes back, never garble them."""

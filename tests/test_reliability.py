@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import Interrupted, TinyGPTError
@@ -53,6 +53,7 @@ def run_forever(data_dir: Path, out_dir: Path, **extra) -> list[str]:
 
 
 # -- signals --------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_a_checkpoint_and_resume_continues(sig, char_data_dir, tmp_path):
     out = tmp_path / "out"
@@ -86,6 +87,7 @@ def test_a_second_signal_stops_at_once_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_the_checkpoint(char_data_dir, tmp_path):
     """Kill -9 a run that saves every iteration, as soon as a save has started (until one kill lands
     mid-save) and at random moments; every time ckpt.pt must load and the next run must resume from it."""
@@ -139,6 +141,7 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, keep.name])
 
 
+@pytest.mark.slow
 def test_interrupting_a_huge_generation_keeps_the_output(trained):
     proc = start("sample.py", f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=1",
                  f"--max_new_tokens={10**12}")
@@ -169,6 +172,7 @@ def poison_loss_at(trainer: Trainer, bad_iter: int) -> None:
     trainer.model.lm_head.register_forward_hook(hook)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoints(char_data_dir, tmp_path, grad_clip):
     out = tmp_path / "out"
@@ -180,6 +184,7 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoints(char_data
     assert {name: (out / name).read_bytes() for name in saved} == saved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_inf_gradient_stops_naming_the_iteration(char_data_dir, tmp_path, grad_clip):
     out = tmp_path / "out"
@@ -192,6 +197,7 @@ def test_inf_gradient_stops_naming_the_iteration(char_data_dir, tmp_path, grad_c
     assert (out / "ckpt.pt").read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_on_nan_skip_drops_the_step_and_finishes(char_data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     trainer = resumed_trainer(char_data_dir, out, on_nan="skip")

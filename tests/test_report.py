@@ -213,9 +213,10 @@ def test_bad_input_is_one_line_on_stderr(args, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quiet", [False, True])
 def test_training_prints_the_summary_unless_quiet(char_data_dir, tmp_path, capsys, quiet):
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     from model.training.trainer import train
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from helpers import final_weights, run_torchrun, tiny_overrides, train_losses
 from model.checkpoint import load_checkpoint
 from model.cli import train_main
 from model.config import load_config
 from model.training.optim import learning_rate
 from model.training.trainer import train
-from test_distributed import final_weights, run_torchrun, train_losses
+
+pytestmark = pytest.mark.slow  # a training run stopped and resumed, and one under torchrun
 
 # Dropout and gradient accumulation on, and an eval interval that doesn't divide the stopping point,
 # so the RNG streams, the sampler position and the schedule all have to be restored to match.

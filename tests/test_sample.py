@@ -3,9 +3,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from model.config import load_config
 from model.training.trainer import train
+
+pytestmark = pytest.mark.slow  # every test runs sample.py in a subprocess
 
 
 @pytest.fixture

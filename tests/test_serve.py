@@ -449,7 +449,7 @@ def test_python_m_model_serve(run):
 
     import httpx
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

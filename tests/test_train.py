@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from model.checkpoint import load_checkpoint, load_model
 from model.cli import train_main
 from model.config import load_config
@@ -15,6 +15,7 @@ def run(data_dir, out_dir, **extra):
     return train(model_config, train_config, quiet=True)
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_config_and_metrics(char_data_dir, tmp_path):
     out = tmp_path / "out"
     summary = run(char_data_dir, out)
@@ -33,6 +34,7 @@ def test_training_writes_checkpoints_config_and_metrics(char_data_dir, tmp_path)
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_iteration_count(char_data_dir, tmp_path):
     out = tmp_path / "out"
     run(char_data_dir, out)
@@ -46,6 +48,7 @@ def test_resume_continues_the_iteration_count(char_data_dir, tmp_path):
     assert max(iters) == 30 and 25 in iters
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_eval_only(char_data_dir, tmp_path):
     out = tmp_path / "out"
     run(char_data_dir, out, gradient_accumulation_steps=2, max_iters=4, lr_decay_iters=4)
@@ -82,6 +85,7 @@ def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_dat
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_reports_full_val_loss(char_data_dir, tmp_path, capsys):
     args = [f"--{k}={v}" for k, v in tiny_overrides(char_data_dir, tmp_path / "out", max_iters=5).items()]
     assert train_main(args + ["--quiet"]) == 0

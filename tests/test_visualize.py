@@ -32,6 +32,7 @@ def ckpt(char_data_dir, tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_saved_weights_are_causal_normalised_and_one_per_layer_and_head(ckpt, tmp_path):
     png, npy, js = tmp_path / "att.png", tmp_path / "att.npy", tmp_path / "att.json"
     assert attention_main(["--checkpoint", str(ckpt), "--start", PROMPT, "--out", str(png), "--save", str(npy)]) == 0
@@ -86,6 +87,7 @@ def test_bad_input_is_one_line_on_stderr_and_writes_nothing(ckpt, tmp_path, caps
     assert not png.exists()
 
 
+@pytest.mark.slow
 def test_runs_as_python_dash_m_model_attention(ckpt, tmp_path):
     png = tmp_path / "att.png"
     result = subprocess.run(

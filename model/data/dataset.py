@@ -10,10 +10,12 @@ of the text (by characters) is the training split and the last 10% the validatio
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import os
 import shutil
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "TINYSHAKESPEARE_PATH"
+SHIPPED_DIR = Path(__file__).resolve().parent
+"""Where corpora that ship with the package live (as package data, so a wheel carries them too)."""
 TRAIN_FRACTION = 0.9
 META = "meta.json"
 """A prepared dataset's description (tokenizer, dtype, vocabulary, token counts), written last."""
@@ -43,19 +47,27 @@ class Source:
     tokenizer: str
     env: str | None = None
     """Environment variable that may point at a local copy (for machines without a network)."""
+    shipped: str | None = None
+    """Gzipped copy shipped in SHIPPED_DIR, read when neither --input nor the variable is given."""
 
 
 KNOWN_DATASETS = {
-    "shakespeare_char": Source(TINYSHAKESPEARE_URL, "char", TINYSHAKESPEARE_ENV),
-    "shakespeare": Source(TINYSHAKESPEARE_URL, "gpt2", TINYSHAKESPEARE_ENV),
+    "shakespeare_char": Source(TINYSHAKESPEARE_URL, "char", TINYSHAKESPEARE_ENV, "tinyshakespeare.txt.gz"),
+    "shakespeare": Source(TINYSHAKESPEARE_URL, "gpt2", TINYSHAKESPEARE_ENV, "tinyshakespeare.txt.gz"),
 }
 
 
 def read_corpus(path: str | Path) -> str:
+    """The UTF-8 text of a corpus file; a name ending in .gz is decompressed first."""
     path = Path(path)
     if not path.is_file():
         raise TinyGPTError(f"input file not found: {path}")
     raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise TinyGPTError(f"{path} is not a readable gzip file ({e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -81,12 +93,15 @@ def download(url: str, dest: Path, dataset: str, timeout: float = 30.0) -> None:
 
 
 def resolve_input(dataset: str, input_path: str | None, url: str | None, folder: Path) -> Path:
-    """The local text file for a dataset: --input, else $ENV, else a cached download, else download."""
+    """The local text file for a dataset: --input, else $ENV, else (unless --url is given) the shipped
+    copy, else a cached download, else download."""
     if input_path:
         return Path(input_path)
     source = KNOWN_DATASETS.get(dataset)
     if source and source.env and os.environ.get(source.env):
         return Path(os.environ[source.env])
+    if not url and source and source.shipped and (SHIPPED_DIR / source.shipped).is_file():
+        return SHIPPED_DIR / source.shipped
     url = url or (source.url if source else None)
     if url is None:
         raise TinyGPTError(
