@@ -373,6 +373,7 @@ def test_offline_download_advice_is_a_command_that_works(capsys, corpus, tmp_pat
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.delenv("TINYSHAKESPEARE_PATH", raising=False)
+    monkeypatch.setattr("model.data.dataset.SHIPPED_DIR", tmp_path / "no-shipped-copy")  # as if it were lost
     data_dir = tmp_path / "data"
     values = tiny_overrides(data_dir, tmp_path / "out", dataset="shakespeare_char", max_iters=1)
     line = fails_with_one_line(capsys, train_main, flags(values), "could not download")
