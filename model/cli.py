@@ -108,11 +108,15 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--compile", type=parse_bool, default=True,
-                        help="on a CPU, decode one sample's tokens in C (model/fastdecode.py, model/rowdot.py; built "
-                        "once with the system C compiler, about a second); False keeps PyTorch's ops")
+    parser.add_argument("--c_decode", type=parse_bool, default=True,
+                        help="on a CPU, decode one sample's tokens in C (model/kernels/decode.py; built once with "
+                        "the system C compiler, a few seconds); False keeps PyTorch's ops")
+    parser.add_argument("--compile", type=parse_bool, default=None, help=argparse.SUPPRESS)  # old name of --c_decode
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compile is not None:
+        print("note: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
+        args.c_decode = args.compile
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
     if args.temperature < 0:
@@ -133,7 +137,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         model, tok = load_pretrained(args.init_from, device)
     else:
         model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
-    prepare_for_sampling(model, dtype, rowdot=args.compile)
+    prepare_for_sampling(model, dtype, c_decode=args.c_decode)
     prompt = read_prompt(args.start)
     ids = tok.encode(prompt)
     if not ids:

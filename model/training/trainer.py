@@ -22,6 +22,7 @@ from model.config import GPTConfig, TrainConfig, to_dict
 from model.device import autocast, resolve_device, resolve_dtype
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
+from model.kernels import build as kernels
 from model.training.evaluate import estimate_loss, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
@@ -109,6 +110,7 @@ class Trainer:
         memory.check_fits(model_config, config, self.device, self.dtype)  # before allocating anything
         self.stop = signals.GracefulStop()  # active inside train(); polled after every step
 
+        kernels.set_enabled(config.kernels)  # the C kernels (CPU) for this process, or PyTorch's ops only
         self.model = GPT(model_config)
         if resume is not None:
             self.model.load_state_dict(resume["model"])

@@ -1,4 +1,6 @@
-/* Row dot products for decoding one token: y[o] = sum_i W[o][i] * x[i] (+ b[o]).
+/* Decoding one token of one sequence: row dot products, and the whole GPT step built on them.
+ *
+ * Row dot products: y[o] = sum_i W[o][i] * x[i] (+ b[o]).
  *
  * W is row-major (out, in), as nn.Linear stores it, so each output is one dot product over a
  * contiguous row, vectorised by the compiler (omp simd). The rows are split across the OpenMP
@@ -8,8 +10,8 @@
  * bf16 weights are widened to float32 in registers (a bf16 is the top half of a float32), so they
  * halve the bytes read and still accumulate in float32. x, b and y are float32.
  *
- * Built by model/rowdot.py with the system C compiler on first use; plain C, no intrinsics.
- * decode_step, at the end, runs a whole GPT decoding step for one token around these products.
+ * Plain C, no intrinsics. decode_step, at the end, runs a whole GPT decoding step for one token around
+ * these products; model/kernels/decode.py calls both.
  */
 #include "bf16.h"
 
@@ -38,11 +40,11 @@ void rowdot_bf16(const uint16_t *W, const float *x, const float *b, float *y, in
 /* ---- The whole decoding step of one sequence (batch 1, one new token) ----------------------------
  *
  * Between the products above, a decoding step in PyTorch runs some twenty small ops per layer (norms,
- * attention over the cache, GELU, residual adds), each a few microseconds of dispatch for almost no
- * arithmetic: about 2.5 ms per GPT-2 124M token, a fifth of the step. decode_step runs the same
- * network for one token in plain loops instead, calling the row-dot kernels for every product, and
- * reads and extends the KV cache buffers that PyTorch's prefill filled (model/attention.py KVCache).
- * model/fastdecode.py builds the DecodeModel description and checks it against the PyTorch model.
+ * attention over the cache, GELU, residual adds), each paying PyTorch's per-op dispatch for almost no
+ * arithmetic. decode_step runs the same network for one token in plain loops instead, calling the
+ * row-dot kernels for every product, and reads and extends the KV cache buffers that PyTorch's
+ * prefill filled (model/nn/attention.py KVCache). model/kernels/decode.py mirrors the two structs
+ * below with ctypes; decode_struct_layout reports their sizes and offsets so that the mirror is checked.
  *
  * Activations are float32 throughout; weight matrices, the token and position tables and the KV cache
  * are float32 or bfloat16 (the model's dtype); norm gains, biases and rotary frequencies come as
@@ -202,4 +204,54 @@ void decode_step(const DecodeModel *m, int64_t token, int64_t pos, int64_t past,
     }
     norm(x, m->lnf_w, m->lnf_b, xn, C, m->rmsnorm, m->norm_eps);
     product(m->head_w, xn, NULL, logits, m->vocab, C, bf16);
+}
+
+/* The layout of the two structs above, for model/kernels/decode.py to compare with its ctypes mirror:
+ * out[0] = sizeof(DecodeLayer), out[1..16] = the offsets of its fields in order, out[17] =
+ * sizeof(DecodeModel), out[18..38] = the offsets of its fields in order. Returns how many were written. */
+#include <stddef.h>
+#define DECODE_LAYOUT_SIZE 39
+
+int64_t decode_struct_layout(int64_t *out) {
+    int64_t i = 0;
+    out[i++] = sizeof(DecodeLayer);
+    out[i++] = offsetof(DecodeLayer, ln1_w);
+    out[i++] = offsetof(DecodeLayer, ln1_b);
+    out[i++] = offsetof(DecodeLayer, attn_w);
+    out[i++] = offsetof(DecodeLayer, attn_b);
+    out[i++] = offsetof(DecodeLayer, q_norm_w);
+    out[i++] = offsetof(DecodeLayer, k_norm_w);
+    out[i++] = offsetof(DecodeLayer, proj_w);
+    out[i++] = offsetof(DecodeLayer, proj_b);
+    out[i++] = offsetof(DecodeLayer, ln2_w);
+    out[i++] = offsetof(DecodeLayer, ln2_b);
+    out[i++] = offsetof(DecodeLayer, fc_w);
+    out[i++] = offsetof(DecodeLayer, fc_b);
+    out[i++] = offsetof(DecodeLayer, fc2_w);
+    out[i++] = offsetof(DecodeLayer, fc2_b);
+    out[i++] = offsetof(DecodeLayer, k_cache);
+    out[i++] = offsetof(DecodeLayer, v_cache);
+    out[i++] = sizeof(DecodeModel);
+    out[i++] = offsetof(DecodeModel, n_layer);
+    out[i++] = offsetof(DecodeModel, n_head);
+    out[i++] = offsetof(DecodeModel, n_embd);
+    out[i++] = offsetof(DecodeModel, hidden);
+    out[i++] = offsetof(DecodeModel, vocab);
+    out[i++] = offsetof(DecodeModel, max_len);
+    out[i++] = offsetof(DecodeModel, bf16);
+    out[i++] = offsetof(DecodeModel, rmsnorm);
+    out[i++] = offsetof(DecodeModel, relu2);
+    out[i++] = offsetof(DecodeModel, rope);
+    out[i++] = offsetof(DecodeModel, qk_norm);
+    out[i++] = offsetof(DecodeModel, norm_eps);
+    out[i++] = offsetof(DecodeModel, qk_norm_eps);
+    out[i++] = offsetof(DecodeModel, wte);
+    out[i++] = offsetof(DecodeModel, wpe);
+    out[i++] = offsetof(DecodeModel, rope_freq);
+    out[i++] = offsetof(DecodeModel, lnf_w);
+    out[i++] = offsetof(DecodeModel, lnf_b);
+    out[i++] = offsetof(DecodeModel, head_w);
+    out[i++] = offsetof(DecodeModel, layers);
+    out[i++] = offsetof(DecodeModel, scratch);
+    return i;
 }
