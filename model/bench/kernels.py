@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.backward(torch.ones_like(out))
                 times[key].append(time.perf_counter() - start)
         ours_ms, ref_ms = (sorted(t[1:])[len(t[1:]) // 2] * 1e3 for t in times.values())
-        print(f"{name:34s} {ours_ms:9.1f} {ref_ms:9.1f} {ref_ms / ours_ms:8.2f}x")
+        print(f"{name:34s} {ours_ms:9.1f} {ref_ms:9.1f} {ref_ms / ours_ms:8.3g}x")
     return 0
 
 

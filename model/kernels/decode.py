@@ -22,7 +22,8 @@ The step computes in float32 from weights of either dtype, so a bfloat16 model's
 its PyTorch path's (which rounds every intermediate to bfloat16) in the last bits.
 
 The two structs decode_step reads are mirrored here with ctypes (DecodeLayer, DecodeModel);
-`layout_matches` compares the mirror with the sizes and offsets the compiled C reports.
+`mirror_layout() == c_layout(lib)` compares the mirror with the sizes and offsets the compiled C
+reports; FastDecoder.attach refuses a mismatch.
 """
 
 from __future__ import annotations
@@ -142,14 +143,16 @@ class DecodeModel(ctypes.Structure):
     )
 
 
-def layout_matches(lib: ctypes.CDLL) -> bool:
-    """Whether DecodeLayer and DecodeModel have the sizes and field offsets of decode.c's structs, as
-    the compiled library reports them (decode_struct_layout)."""
-    ours = [ctypes.sizeof(DecodeLayer)] + [getattr(DecodeLayer, name).offset for name, _ in DecodeLayer._fields_]
-    ours += [ctypes.sizeof(DecodeModel)] + [getattr(DecodeModel, name).offset for name, _ in DecodeModel._fields_]
-    theirs = (ctypes.c_int64 * 64)()
-    count = lib.decode_struct_layout(theirs)
-    return list(theirs[:count]) == ours
+def mirror_layout(layer: type[ctypes.Structure] = DecodeLayer, model: type[ctypes.Structure] = DecodeModel) -> list[int]:
+    """The size of each ctypes struct followed by the offsets of its fields, layer first."""
+    return [n for struct in (layer, model)
+            for n in [ctypes.sizeof(struct)] + [getattr(struct, name).offset for name, _ in struct._fields_]]
+
+
+def c_layout(lib: ctypes.CDLL) -> list[int]:
+    """The same numbers for decode.c's structs, as the compiled library reports them."""
+    out = (ctypes.c_int64 * 64)()
+    return list(out[: lib.decode_struct_layout(out)])
 
 
 def norm_eps(norm: nn.Module, dtype: torch.dtype) -> float:
@@ -220,7 +223,7 @@ class FastDecoder:
         """Attach a decoder to model (as model.fast_decoder) when decode_step supports it."""
         if cls.supports(model) is not None:
             return None
-        if not layout_matches(lib):
+        if mirror_layout() != c_layout(lib):
             print("warning: model/kernels/decode.py's structs don't match decode.c's; decoding in PyTorch",
                   file=sys.stderr)
             return None

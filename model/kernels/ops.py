@@ -83,14 +83,16 @@ def attention_probs(scores: Tensor, scale: float, mask: Tensor | None, dropout_p
     """The attention weights from raw scores (B, nh, T, S): dropout(softmax(scale * scores, masked)).
 
     mask: boolean, True where a query may attend to a key, broadcastable to the scores; None lets
-    every query see every key. causal=True says that mask is exactly the causal one, query i seeing
-    keys 0 .. S - T + i (the queries are the last T of the S positions): the C kernel then applies it
-    without reading it and skips the keys no query can see."""
+    every query see every key. causal=True says that the mask is the causal one, query i seeing keys
+    0 .. S - T + i (the queries are the last T of the S positions), and nothing else (mask may then be
+    None): the C kernel applies it without reading it and skips the keys no query can see."""
     T, S = scores.shape[-2:]
     if (mask is None or causal) and S >= T > 0 and 0.0 <= dropout_p < 1.0 and kernel_covers(scores):
         seed = draw_seed(scores.device) if dropout_p > 0 else scores.new_zeros(1, dtype=torch.int64)
         offset = S - T if causal else S
         return fused_attention_probs(scores.contiguous(), offset, scale, dropout_p, seed)[0]
+    if causal and mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)  # (T, S)
     scores = scores * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # a masked key gets weight exp(-inf) = 0

@@ -178,9 +178,10 @@ def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
     measured on CPUs (BENCHMARKS.md): in bfloat16 the fused (flash) kernel's backward is slow for short
     sequences, and with dropout the fused kernels don't run on a CPU at all (PyTorch falls back to a
     slower composite). Longer sequences without dropout keep the fused kernel, which also never
-    stores the (T, S) score matrix; float32 without dropout, inference and GPUs keep it always."""
+    stores the (T, S) score matrix; float32 without dropout, inference and GPUs keep it always. The
+    meta device takes the CPU's choice, so that tracing on it sees the ops a CPU run executes."""
     short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
-    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)
+    return q.requires_grad and q.device.type in ("cpu", "meta") and (short_half or dropout_p > 0)
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:
