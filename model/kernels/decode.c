@@ -15,27 +15,23 @@
  */
 #include "bf16.h"
 
-void rowdot_f32(const float *W, const float *x, const float *b, float *y, int64_t out, int64_t in) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        const float *w = W + o * in;
-        float acc = 0.0f;
-        #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < in; i++) acc += w[i] * x[i];
-        y[o] = b ? acc + b[o] : acc;
+/* One body for both weight dtypes; `widen` turns a stored weight into a float32. */
+#define DEFINE_ROWDOT(name, weight_t, widen)                                                            \
+    void name(const weight_t *W, const float *x, const float *b, float *y, int64_t out, int64_t in) { \
+        _Pragma("omp parallel for schedule(static)")                                                  \
+        for (int64_t o = 0; o < out; o++) {                                                           \
+            const weight_t *w = W + o * in;                                                           \
+            float acc = 0.0f;                                                                         \
+            _Pragma("omp simd reduction(+ : acc)")                                                    \
+            for (int64_t i = 0; i < in; i++) acc += widen(w[i]) * x[i];                               \
+            y[o] = b ? acc + b[o] : acc;                                                              \
+        }                                                                                             \
     }
-}
 
-void rowdot_bf16(const uint16_t *W, const float *x, const float *b, float *y, int64_t out, int64_t in) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        const uint16_t *w = W + o * in;
-        float acc = 0.0f;
-        #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < in; i++) acc += bf16_to_f32(w[i]) * x[i];
-        y[o] = b ? acc + b[o] : acc;
-    }
-}
+static inline float as_f32(float v) { return v; }
+
+DEFINE_ROWDOT(rowdot_f32, float, as_f32)
+DEFINE_ROWDOT(rowdot_bf16, uint16_t, bf16_to_f32)
 
 /* ---- The whole decoding step of one sequence (batch 1, one new token) ----------------------------
  *
@@ -210,48 +206,20 @@ void decode_step(const DecodeModel *m, int64_t token, int64_t pos, int64_t past,
  * out[0] = sizeof(DecodeLayer), out[1..16] = the offsets of its fields in order, out[17] =
  * sizeof(DecodeModel), out[18..38] = the offsets of its fields in order. Returns how many were written. */
 #include <stddef.h>
-#define DECODE_LAYOUT_SIZE 39
 
 int64_t decode_struct_layout(int64_t *out) {
     int64_t i = 0;
+#define LAYER(field) out[i++] = offsetof(DecodeLayer, field);
+#define MODEL(field) out[i++] = offsetof(DecodeModel, field);
     out[i++] = sizeof(DecodeLayer);
-    out[i++] = offsetof(DecodeLayer, ln1_w);
-    out[i++] = offsetof(DecodeLayer, ln1_b);
-    out[i++] = offsetof(DecodeLayer, attn_w);
-    out[i++] = offsetof(DecodeLayer, attn_b);
-    out[i++] = offsetof(DecodeLayer, q_norm_w);
-    out[i++] = offsetof(DecodeLayer, k_norm_w);
-    out[i++] = offsetof(DecodeLayer, proj_w);
-    out[i++] = offsetof(DecodeLayer, proj_b);
-    out[i++] = offsetof(DecodeLayer, ln2_w);
-    out[i++] = offsetof(DecodeLayer, ln2_b);
-    out[i++] = offsetof(DecodeLayer, fc_w);
-    out[i++] = offsetof(DecodeLayer, fc_b);
-    out[i++] = offsetof(DecodeLayer, fc2_w);
-    out[i++] = offsetof(DecodeLayer, fc2_b);
-    out[i++] = offsetof(DecodeLayer, k_cache);
-    out[i++] = offsetof(DecodeLayer, v_cache);
+    LAYER(ln1_w) LAYER(ln1_b) LAYER(attn_w) LAYER(attn_b) LAYER(q_norm_w) LAYER(k_norm_w) LAYER(proj_w)
+    LAYER(proj_b) LAYER(ln2_w) LAYER(ln2_b) LAYER(fc_w) LAYER(fc_b) LAYER(fc2_w) LAYER(fc2_b) LAYER(k_cache)
+    LAYER(v_cache)
     out[i++] = sizeof(DecodeModel);
-    out[i++] = offsetof(DecodeModel, n_layer);
-    out[i++] = offsetof(DecodeModel, n_head);
-    out[i++] = offsetof(DecodeModel, n_embd);
-    out[i++] = offsetof(DecodeModel, hidden);
-    out[i++] = offsetof(DecodeModel, vocab);
-    out[i++] = offsetof(DecodeModel, max_len);
-    out[i++] = offsetof(DecodeModel, bf16);
-    out[i++] = offsetof(DecodeModel, rmsnorm);
-    out[i++] = offsetof(DecodeModel, relu2);
-    out[i++] = offsetof(DecodeModel, rope);
-    out[i++] = offsetof(DecodeModel, qk_norm);
-    out[i++] = offsetof(DecodeModel, norm_eps);
-    out[i++] = offsetof(DecodeModel, qk_norm_eps);
-    out[i++] = offsetof(DecodeModel, wte);
-    out[i++] = offsetof(DecodeModel, wpe);
-    out[i++] = offsetof(DecodeModel, rope_freq);
-    out[i++] = offsetof(DecodeModel, lnf_w);
-    out[i++] = offsetof(DecodeModel, lnf_b);
-    out[i++] = offsetof(DecodeModel, head_w);
-    out[i++] = offsetof(DecodeModel, layers);
-    out[i++] = offsetof(DecodeModel, scratch);
+    MODEL(n_layer) MODEL(n_head) MODEL(n_embd) MODEL(hidden) MODEL(vocab) MODEL(max_len) MODEL(bf16)
+    MODEL(rmsnorm) MODEL(relu2) MODEL(rope) MODEL(qk_norm) MODEL(norm_eps) MODEL(qk_norm_eps) MODEL(wte)
+    MODEL(wpe) MODEL(rope_freq) MODEL(lnf_w) MODEL(lnf_b) MODEL(head_w) MODEL(layers) MODEL(scratch)
+#undef LAYER
+#undef MODEL
     return i;
 }

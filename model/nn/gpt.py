@@ -52,14 +52,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: Tensor,
-        key_padding_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        pos: Tensor | None = None,
-        weights_out: list[Tensor] | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, cache: KVCache | None = None,
+                pos: Tensor | None = None, weights_out: list[Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C); weights_out, if given, receives the attention weights (B, nh, T, S)."""
         p, training = self.resid_dropout, self.training
         # x = x + dropout(attn(ln_1(x))), the dropout and the add in one step (one pass in C on a CPU)
