@@ -25,8 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 KERNELS = Path(__file__).parent
 SOURCES = sorted(KERNELS.glob("*.c"))  # all built into one library
 HEADERS = sorted(KERNELS.glob("*.h"))  # part of the cache key: an edited header means a rebuild
@@ -155,11 +153,11 @@ def library() -> ctypes.CDLL | None:
 
 
 def replaces_threaded_ops() -> bool:
-    """Whether the kernels may stand in for PyTorch ops that run on several threads: built with OpenMP
-    (each kernel splits its work across PyTorch's threads), or PyTorch itself uses one thread. A build
-    without OpenMP runs on one core, so it only replaces ops that are single-threaded in PyTorch too."""
+    """Whether the kernels may stand in for PyTorch ops that run on several threads: only when built
+    with OpenMP (each kernel then splits its work across PyTorch's threads). A build without OpenMP
+    runs on one core, so it only replaces ops that are single-threaded in PyTorch too (dropout's mask)."""
     lib = library()
-    return lib is not None and (bool(lib.kernels_use_openmp()) or torch.get_num_threads() == 1)
+    return lib is not None and bool(lib.kernels_use_openmp())
 
 
 def declare(lib: ctypes.CDLL) -> None:
