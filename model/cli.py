@@ -107,11 +107,15 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 where the device computes in it natively, float16 on older GPUs, else float32")
-    parser.add_argument("--compile", type=parse_bool, default=True,
-                        help="on a CPU, decode one sample's tokens in C (model/fastdecode.py, model/rowdot.py; built "
-                        "once with the system C compiler, about a second); False keeps PyTorch's ops")
+    parser.add_argument("--c_decode", type=parse_bool, default=True,
+                        help="on a CPU, decode one sample's tokens in C (model/kernels/decode.py; built once with "
+                        "the system C compiler, a few seconds); False keeps PyTorch's ops")
+    parser.add_argument("--compile", type=parse_bool, default=None, help=argparse.SUPPRESS)  # old name of --c_decode
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compile is not None:
+        print("note: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
+        args.c_decode = args.compile
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
     if not 0 <= args.temperature < math.inf:
@@ -137,7 +141,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         model, tok = load_pretrained(args.init_from, device)
     else:
         model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
-    prepare_for_sampling(model, dtype, rowdot=args.compile)
+    prepare_for_sampling(model, dtype, c_decode=args.c_decode)
     prompt = read_prompt(args.start) if args.start is not None else default_prompt(tok)
     ids = tok.encode(prompt)
     if not ids:

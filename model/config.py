@@ -166,6 +166,10 @@ class TrainConfig:
     """'float32', 'bfloat16' or 'float16' (with a grad scaler); 'auto' is bfloat16 on GPUs and CPUs with native bfloat16, float16 on older GPUs, else float32."""
     compile: bool | None = None
     """Wrap the model in torch.compile (pays a compile time up front); None: on for CUDA, off elsewhere (on a CPU it costs minutes)."""
+    kernels: bool = True
+    """Use the optional C kernels on a CPU (model/kernels: dropout, attention weights, GELU, LayerNorm,
+    fused-bias linear), built with the system's C compiler on first use; False keeps PyTorch's own ops
+    and builds nothing (as does the environment variable TINYGPT_KERNELS=0)."""
     seed: int = 1337
     """Seed for weights initialisation and batch sampling."""
     fsdp: bool = False

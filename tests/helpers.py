@@ -75,7 +75,7 @@ def kernels_unavailable() -> str | None:
     """Why the C kernels can't be used here (None when they can)."""
     from model.kernels import build
 
-    if build.kernels() is None:
+    if build.library() is None:
         return "the C kernels are not available here (no C compiler, a failed build, or TINYGPT_KERNELS=0)"
     return None
 

@@ -31,8 +31,7 @@ def test_self_attention_matches_torch_multihead_attention(bias, need_weights):
     ours, ref = pair(bias)
     x = torch.randn(3, 10, E)
     expected, _ = ref(x, x, x, attn_mask=causal_mask_for_torch(10), need_weights=False)
-    got = ours(x, need_weights=need_weights)
-    got = got[0] if need_weights else got
+    got = ours(x, weights_out=[] if need_weights else None)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -41,9 +40,10 @@ def test_cross_attention_matches_torch(need_weights):
     ours, ref = pair()
     x, context = torch.randn(2, 5, E), torch.randn(2, 9, E)
     expected, expected_att = ref(x, context, context, need_weights=True, average_attn_weights=False)
-    got = ours(x, context=context, need_weights=need_weights)
+    weights = [] if need_weights else None
+    got = ours(x, context=context, weights_out=weights)
     if need_weights:
-        got, att = got
+        (att,) = weights
         torch.testing.assert_close(att, expected_att, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -58,8 +58,7 @@ def test_key_padding_mask_matches_torch(causal, need_weights):
     pad[1, 5] = True
     expected, _ = ref(x, x, x, key_padding_mask=pad, attn_mask=causal_mask_for_torch(6) if causal else None,
                       need_weights=False)
-    got = ours(x, key_padding_mask=pad, causal=causal, need_weights=need_weights)
-    got = got[0] if need_weights else got
+    got = ours(x, key_padding_mask=pad, causal=causal, weights_out=[] if need_weights else None)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -67,7 +66,9 @@ def test_explicit_and_fused_paths_agree_and_pattern_is_causal():
     ours, _ = pair()
     x = torch.randn(2, 12, E)
     fused = ours(x)
-    explicit, att = ours(x, need_weights=True)
+    weights = []
+    explicit = ours(x, weights_out=weights)
+    (att,) = weights
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     assert att.shape == (2, H, 12, 12)
     torch.testing.assert_close(att.sum(-1), torch.ones(2, H, 12))
@@ -82,7 +83,7 @@ def test_queries_later_than_keys_see_the_right_prefix():
     x = torch.randn(1, 8, E)
     full = ours(x)
     q, k, v = ours.project_qkv(x)
-    y, _ = ours.attend(q[:, :, -3:], k, v, None, causal=True, need_weights=False)
+    y = ours.attend(q[:, :, -3:], k, v, None, causal=True)
     y = ours.c_proj(y.transpose(1, 2).reshape(1, 3, E))
     torch.testing.assert_close(y, full[:, -3:], atol=1e-5, rtol=1e-5)
 

@@ -51,7 +51,7 @@ def test_joining_and_leaving_equals_alone(shape, c_decode, twin):
     model = peaky_gpt(**shape)
     batch_model, twin_passes = None, []
     if twin:
-        batch_model = prepare_for_sampling(batch_twin(model), rowdot=False)
+        batch_model = prepare_for_sampling(batch_twin(model), c_decode=False)
         twin_forward = batch_model.next_logits
         batch_model.next_logits = lambda *args: twin_passes.append(1) or twin_forward(*args)
     c_steps = []

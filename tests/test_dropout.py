@@ -1,13 +1,16 @@
-"""Dropout from the C hash kernel: the right fraction, the right scale, the same mask forward and
-backward, repeatable under torch.manual_seed, PyTorch's dropout wherever the kernel doesn't apply;
-and the residual dropout-add built on it."""
+"""Dropout from the C hash kernel (ops.dropout): the right fraction, the right scale, the same mask
+forward and backward, repeatable under torch.manual_seed, PyTorch's dropout wherever the kernel
+doesn't apply or is switched off; and the residual dropout-add built on it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.kernels.dropout import Dropout, dropout, dropout_add
+from model.kernels.ops import dropout, dropout_add
+from model.nn.layers import Dropout
+
+needs_kernels = pytest.mark.needs_kernels
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.needs_kernels)])
@@ -21,6 +24,7 @@ def test_drops_the_right_fraction_and_scales_the_rest(dtype, p):
     assert torch.equal(y[kept], expected[kept])
 
 
+@needs_kernels
 def test_neighbours_are_dropped_independently():
     kept = (dropout(torch.ones(2_000_000), 0.5) != 0).float()
     for shift in (1, 2, 64, 1024):
@@ -28,6 +32,7 @@ def test_neighbours_are_dropped_independently():
         assert abs(corr) < 0.005, shift
 
 
+@needs_kernels
 def test_backward_uses_the_forward_mask():
     x = torch.randn(300, 77, requires_grad=True)
     y = dropout(x, 0.3)
@@ -35,6 +40,7 @@ def test_backward_uses_the_forward_mask():
     assert torch.equal(x.grad, (y != 0).float() * 2.0 / 0.7)
 
 
+@needs_kernels
 def test_manual_seed_repeats_the_mask_and_calls_differ():
     x = torch.ones(10_000)
     torch.manual_seed(3)
@@ -52,9 +58,7 @@ def test_eval_and_edge_probabilities():
 
 
 def test_without_the_kernels_it_is_pytorchs_dropout(monkeypatch):
-    from model.kernels import build as rowdot
-
-    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    monkeypatch.setenv("TINYGPT_KERNELS", "0")
     x = torch.ones(10_000)
     torch.manual_seed(0)
     expected = torch.nn.functional.dropout(x, 0.25)
@@ -83,12 +87,10 @@ def test_dropout_add_is_the_stream_plus_the_dropped_branch(branch_dtype):
 
 
 def test_dropout_add_in_eval_or_without_the_kernels_is_x_plus_dropout(monkeypatch):
-    from model.kernels import build as rowdot
-
     x, h = torch.randn(40, 40), torch.randn(40, 40)
     assert torch.equal(dropout_add(x, h, 0.5, training=False), x + h)
     assert torch.equal(dropout_add(x, h, 0.0), x + h)
-    monkeypatch.setattr(rowdot, "kernels", lambda: None)
+    monkeypatch.setenv("TINYGPT_KERNELS", "0")
     torch.manual_seed(0)
     expected = x + torch.nn.functional.dropout(h, 0.25)
     torch.manual_seed(0)

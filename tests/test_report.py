@@ -91,11 +91,11 @@ def test_flop_counts_equal_torch_flop_counter(values):
     B, T = 3, config.block_size
     idx = torch.randint(config.vocab_size, (B, T))
     with FlopCounterMode(display=False) as forward:
-        hidden, _ = model._hidden(idx, None, need_weights=True)
+        hidden = model._hidden(idx, weights_out=[])  # the explicit attention path
         logits = model.lm_head(hidden)  # (B, T, vocab)
     assert forward.get_total_flops() == report.forward_flops * B * T
     with FlopCounterMode(display=False) as training:
-        hidden, _ = model._hidden(idx, None, need_weights=True)
+        hidden = model._hidden(idx, weights_out=[])  # the explicit attention path
         model.lm_head(hidden).sum().backward()
     assert training.get_total_flops() == report.training_flops * B * T
     assert logits.shape == (B, T, config.vocab_size)

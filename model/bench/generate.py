@@ -12,8 +12,8 @@ transformers'.
 
 Rows: "tinygpt fp32" and "tinygpt bf16" decode with the C row-dot kernels (model/kernels/decode.py,
 what sample.py uses on a CPU; building them is reported, not timed); "tinygpt fp32 torch" keeps
-PyTorch's products (column-major weights, `sample.py --c_decode=False`, prepare_for_sampling in
-model/sampling/generate.py).
+PyTorch's products (column-major weights, `sample.py --c_decode=False`, model/sampling/generate.py
+prepare_for_sampling).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     model = prepare_for_sampling(copy_of_theirs())
     build_time = time.perf_counter() - t
-    model_colmajor = prepare_for_sampling(copy_of_theirs(), rowdot=False)
+    model_colmajor = prepare_for_sampling(copy_of_theirs(), c_decode=False)
     model_bf16 = prepare_for_sampling(copy_of_theirs(), torch.bfloat16)
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens))
 

@@ -3,12 +3,13 @@
     python -m model.bench kernels [--batch_size=64] [--block_size=256] [--n_embd=384] [--n_head=6]
                                   [--dropout=0.2] [--dtype=bfloat16] [--repeats=7]
 
-At the baby GPT's sizes by default (one layer's tensors). Each line times one piece both ways, in
-alternation so that a machine whose speed drifts treats both alike, and prints the medians:
-  - attention weights: scale, causal mask, softmax, dropout in one pass (model/softmax.py) vs PyTorch's
-    scale, masked_fill and softmax followed by model/dropout.py's hash dropout (the path it replaced)
-  - GELU (tanh) with its derivative kept (model/layers.py) vs F.gelu
-  - LayerNorm to bf16 under autocast (model/layers.py) vs F.layer_norm and a cast (bfloat16 only)
+At the baby GPT's sizes by default (one layer's tensors). Each line times one op of
+model/kernels/ops.py both ways, in alternation so that a machine whose speed drifts treats both alike,
+and prints the medians:
+  - attention weights: scale, causal mask, softmax, dropout in one C pass vs PyTorch's scale,
+    masked_fill and softmax followed by the C hash dropout (the path it replaced)
+  - GELU (tanh) with its derivative kept vs F.gelu
+  - LayerNorm to bf16 under autocast vs F.layer_norm and a cast (bfloat16 only)
   - a linear layer with the bias added inside oneDNN's product vs F.linear (addmm)
 """
 
@@ -34,14 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from model.kernels import build as rowdot
     from model.device import keep_freed_memory
-    from model.kernels.dropout import dropout
-    from model.nn.layers import LayerNorm, Linear, gelu_tanh
-    from model.kernels.attention_probs import attention_weights
+    from model.kernels import build, ops
 
-    if rowdot.kernels() is None:
-        print("error: the C kernels could not be built here (no C compiler?)", file=sys.stderr)
+    if build.library() is None:
+        print("error: the C kernels are switched off (TINYGPT_KERNELS=0) or could not be built here "
+              "(no C compiler?)", file=sys.stderr)
         return 1
     keep_freed_memory()  # as train.py does: no page faults on every fresh activation
     torch.manual_seed(0)
@@ -55,12 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def pytorch_weights():
         att = F.softmax((scores * scale).masked_fill(~causal, float("-inf")), dim=-1)
-        return dropout(att, args.dropout)
+        return ops.dropout(att, args.dropout)
 
     hidden = torch.randn(B, T, 4 * C, dtype=dtype, requires_grad=True)
     residual = torch.randn(B, T, C, requires_grad=True)
-    ours_norm, torch_norm = LayerNorm(C), torch.nn.LayerNorm(C)
-    ours_linear, torch_linear = Linear(C, 4 * C), torch.nn.Linear(C, 4 * C)
+    norm, linear = torch.nn.LayerNorm(C), torch.nn.Linear(C, 4 * C)
     x = torch.randn(B, T, C, dtype=dtype, requires_grad=True)
 
     def with_autocast(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -70,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     rows = [
-        ("attention weights (B, nh, T, T)", lambda: attention_weights(scores, scale, True, args.dropout), pytorch_weights),
-        ("GELU (B, T, 4C)", lambda: gelu_tanh(hidden), lambda: F.gelu(hidden, approximate="tanh")),
-        ("linear C -> 4C with bias", with_autocast(lambda: ours_linear(x)), with_autocast(lambda: torch_linear(x))),
+        ("attention weights (B, nh, T, T)", lambda: ops.attention_probs(scores, scale, None, args.dropout, causal=True),
+         pytorch_weights),
+        ("GELU (B, T, 4C)", lambda: ops.gelu(hidden), lambda: F.gelu(hidden, approximate="tanh")),
+        ("linear C -> 4C with bias", with_autocast(lambda: ops.linear(x, linear.weight, linear.bias)),
+         with_autocast(lambda: linear(x))),
     ]
     if dtype == torch.bfloat16:
-        rows.insert(2, ("LayerNorm (B, T, C) to bf16", with_autocast(lambda: ours_norm(residual)),
-                        with_autocast(lambda: torch_norm(residual).to(torch.bfloat16))))
+        rows.insert(2, ("LayerNorm (B, T, C) to bf16",
+                        with_autocast(lambda: ops.layer_norm(residual, (C,), norm.weight, norm.bias, norm.eps)),
+                        with_autocast(lambda: norm(residual).to(torch.bfloat16))))
     print(f"{args.dtype}, B={B} T={T} C={C} nh={nh} dropout={args.dropout}, threads={torch.get_num_threads()}: "
           f"median ms of forward + backward over {args.repeats} calls each")
     print(f"{'':34s} {'tinygpt':>9s} {'PyTorch':>9s} {'speed-up':>9s}")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.backward(torch.ones_like(out))
                 times[key].append(time.perf_counter() - start)
         ours_ms, ref_ms = (sorted(t[1:])[len(t[1:]) // 2] * 1e3 for t in times.values())
-        print(f"{name:34s} {ours_ms:9.1f} {ref_ms:9.1f} {ref_ms / ours_ms:8.2f}x")
+        print(f"{name:34s} {ours_ms:9.1f} {ref_ms:9.1f} {ref_ms / ours_ms:8.3g}x")
     return 0
 
 

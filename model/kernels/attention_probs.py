@@ -1,12 +1,13 @@
 """Attention weights from raw scores in one C pass: scale, causal mask, softmax and dropout.
 
-The explicit attention path (model/attention.py) computes softmax(q k^T / sqrt(hs) + mask), then
-dropout. In PyTorch each of those is a pass over the (B, nh, T, S) scores, forward and backward, the
-largest tensors of a training step. model/kernels/softmax.c does them in one pass each way, skips the
-keys a causal query can't see, and recomputes the dropout mask from a seed (model/dropout.py's hash)
-instead of storing it. `attention_weights` is that kernel, for scores where `kernel_applies` (a CPU,
-float32 or bfloat16, at least as many keys as queries); the caller keeps PyTorch's ops elsewhere and
-for masks other than the causal one.
+In PyTorch each of those steps is a pass over the (B, nh, T, S) scores, forward and backward, the
+largest tensors of a training step. model/kernels/attention_probs.c does them in one pass each way,
+skips the keys a causal query can't see, and recomputes the dropout mask from a seed (the hash of
+model/kernels/dropout.c) instead of storing it.
+
+The custom op tinygpt::attention_probs returns the weights that multiply the values (dropped out
+when p > 0) and, when p > 0, the weights before dropout, which its backward needs; its backward is
+the op tinygpt::attention_probs_backward. model/kernels/ops.py decides when to call them.
 """
 
 from __future__ import annotations
@@ -14,57 +15,57 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.kernels import build as rowdot
-from model.kernels.dropout import dropout_seed, dropout_threshold
+from model.kernels.build import library
+from model.kernels.dropout import mask_args
 
 
-def _forward(scores: Tensor, offset: int, scale: float, p: float, seed: int) -> tuple[Tensor, Tensor]:
-    lib = rowdot.kernels()
+@torch.library.custom_op("tinygpt::attention_probs", mutates_args=(), device_types="cpu")
+def fused_attention_probs(scores: Tensor, offset: int, scale: float, p: float, seed: Tensor) -> tuple[Tensor, Tensor]:
+    """dropout(softmax(scale * scores + mask), p) for contiguous scores (B, nh, T, S), where query i
+    sees keys 0 .. i + offset. Returns those weights and, when p > 0, the weights before dropout
+    (else an empty tensor)."""
+    lib = library()
     fn = lib.softmax_forward_bf16 if scores.dtype == torch.bfloat16 else lib.softmax_forward_f32
     T, S = scores.shape[-2:]
     att = torch.empty_like(scores)
-    dropped = torch.empty_like(scores) if p > 0 else att
-    fn(scores.data_ptr(), att.data_ptr(), dropped.data_ptr() if p > 0 else 0, scores.numel() // S, T, S, offset,
-       scale, seed, dropout_threshold(p), 1.0 / (1.0 - p))
-    return att, dropped
+    dropped = torch.empty_like(scores) if p > 0 else None
+    fn(scores.data_ptr(), att.data_ptr(), 0 if dropped is None else dropped.data_ptr(), scores.numel() // S, T, S,
+       offset, scale, *mask_args(seed, p))
+    return (att, scores.new_empty(0)) if dropped is None else (dropped, att)
 
 
-class _AttentionWeights(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores: Tensor, offset: int, scale: float, p: float) -> Tensor:
-        seed = dropout_seed() if p > 0 else 0
-        att, dropped = _forward(scores, offset, scale, p, seed)
-        ctx.save_for_backward(att)
-        ctx.offset, ctx.scale, ctx.p, ctx.seed = offset, scale, p, seed
-        return dropped
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        (att,) = ctx.saved_tensors
-        lib = rowdot.kernels()
-        fn = lib.softmax_backward_bf16 if att.dtype == torch.bfloat16 else lib.softmax_backward_f32
-        grad = grad.to(att.dtype).contiguous()
-        T, S = att.shape[-2:]
-        grad_scores = torch.empty_like(att)
-        fn(grad.data_ptr(), att.data_ptr(), grad_scores.data_ptr(), att.numel() // S, T, S, ctx.offset, ctx.scale,
-           ctx.seed, dropout_threshold(ctx.p), 1.0 / (1.0 - ctx.p), int(ctx.p > 0))
-        return grad_scores, None, None, None
+@fused_attention_probs.register_fake
+def _(scores: Tensor, offset: int, scale: float, p: float, seed: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(scores), torch.empty_like(scores) if p > 0 else scores.new_empty(0)
 
 
-def kernel_applies(scores: Tensor, dropout_p: float) -> bool:
-    """Whether `attention_weights` can take these scores (B, nh, T, S)."""
-    T, S = scores.shape[-2:]
-    return S >= T > 0 and 0.0 <= dropout_p < 1.0 and rowdot.kernels_usable(scores)
+@torch.library.custom_op("tinygpt::attention_probs_backward", mutates_args=(), device_types="cpu")
+def fused_attention_probs_backward(grad: Tensor, att: Tensor, offset: int, scale: float, p: float,
+                                   seed: Tensor) -> Tensor:
+    """The gradient of the scores, from that of the weights (grad) and the weights before dropout (att)."""
+    lib = library()
+    fn = lib.softmax_backward_bf16 if att.dtype == torch.bfloat16 else lib.softmax_backward_f32
+    grad = grad.to(att.dtype).contiguous()
+    T, S = att.shape[-2:]
+    grad_scores = torch.empty_like(att)
+    fn(grad.data_ptr(), att.data_ptr(), grad_scores.data_ptr(), att.numel() // S, T, S, offset, scale,
+       *mask_args(seed, p), int(p > 0))
+    return grad_scores
 
 
-def attention_weights(scores: Tensor, scale: float, causal: bool, dropout_p: float) -> Tensor:
-    """dropout(softmax(scale * scores + causal mask), dropout_p) for scores (B, nh, T, S), where
-    kernel_applies. A causal query i sees keys 0 .. S - T + i, as in model/attention.py."""
-    if not kernel_applies(scores, dropout_p):
-        raise ValueError(f"attention_weights can't take {scores.dtype} scores of shape {tuple(scores.shape)} here")
-    T, S = scores.shape[-2:]
-    offset = S - T if causal else S
-    scores = scores.contiguous()
-    if scores.requires_grad and torch.is_grad_enabled():
-        return _AttentionWeights.apply(scores, offset, scale, dropout_p)
-    return _forward(scores, offset, scale, dropout_p, dropout_seed() if dropout_p > 0 else 0)[1]
+@fused_attention_probs_backward.register_fake
+def _(grad: Tensor, att: Tensor, offset: int, scale: float, p: float, seed: Tensor) -> Tensor:
+    return torch.empty_like(att)
+
+
+def _save_weights(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    _, ctx.offset, ctx.scale, ctx.p, ctx.seed = inputs
+    ctx.save_for_backward(output[1] if ctx.p > 0 else output[0])  # the weights before dropout
+
+
+def _backward(ctx, grad: Tensor, _grad_of_undropped: Tensor | None) -> tuple[Tensor, None, None, None, None]:
+    (att,) = ctx.saved_tensors
+    return fused_attention_probs_backward(grad, att, ctx.offset, ctx.scale, ctx.p, ctx.seed), None, None, None, None
+
+
+fused_attention_probs.register_autograd(_backward, setup_context=_save_weights)

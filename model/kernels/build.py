@@ -1,20 +1,15 @@
-"""A fast path for decoding one sequence at a time on a CPU: each linear layer as row dot products.
+"""Building the C kernels of this folder into one shared library, and the switch that turns them off.
 
-Decoding one token multiplies a single row x (in,) by every weight matrix W (out, in). That reads
-every weight once and does two flops per weight, so its speed is the speed at which the weights
-stream from memory. PyTorch hands F.linear on a one-row input to the BLAS as a matrix product, which
-on a laptop-class CPU reaches well under half of the memory bandwidth. model/kernels/rowdot.c
-computes the same product as one loop over the rows of W, split across the cores, each row a
-vectorised dot product with x: the access pattern that keeps every core's memory stream busy.
-bf16 weights are widened to float32 in registers, so they halve the bytes read and still
-accumulate in float32.
-
-The C files in model/kernels (these kernels and the decoding step of model/fastdecode.py; for
-training on a CPU, the dropout and residual dropout-add of model/dropout.py, the attention softmax
-of model/softmax.py, and the GELU and LayerNorm of model/layers.py) are compiled into one library
-with the system's C compiler on first use (a few seconds) and cached under ~/.cache/tinygpt (or
-$TINYGPT_CACHE). Without a C compiler, `kernels()` returns None and each of those keeps PyTorch's
-own ops; nothing else changes.
+Every .c file here is compiled, with the system's C compiler, into one library on first use (a few
+seconds) and cached under ~/.cache/tinygpt (or $TINYGPT_CACHE), keyed by the sources, the compiler,
+its flags and the CPU. `library()` returns it loaded with ctypes, or None:
+  - when the kernels are switched off: environment variable TINYGPT_KERNELS=0, or `set_enabled(False)`
+    (the training config's `kernels = false`); then nothing is built or loaded;
+  - without a C compiler;
+  - when the build failed: one warning line names the log file holding the compiler's output, and a
+    marker in the cache stops later processes from trying the same sources with the same compiler
+    again (an edited source or another compiler tries anew).
+Whatever the reason, every op keeps PyTorch's own implementation; nothing else changes.
 """
 
 from __future__ import annotations
@@ -30,21 +25,34 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
-
 KERNELS = Path(__file__).parent
 SOURCES = sorted(KERNELS.glob("*.c"))  # all built into one library
 HEADERS = sorted(KERNELS.glob("*.h"))  # part of the cache key: an edited header means a rebuild
 # first the fastest build; each later one drops a flag some compilers lack (-march=native on some
-# ARM clangs, OpenMP on Apple's clang: then the kernel runs on one core, still vectorised)
+# ARM clangs, OpenMP on Apple's clang: then every kernel runs on one core, still vectorised)
 FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-fopenmp"],
-    ["-O3", "-march=native", "-fopenmp-simd"],
-    ["-O3", "-fopenmp-simd"],
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-fopenmp-simd"),
 )
+COMPILE_TIMEOUT = 300
+"""Seconds one compiler call may take before the build counts as failed."""
+SWITCH = "TINYGPT_KERNELS"
+"""Environment variable: 0 turns every C kernel off (training and sampling alike)."""
+
+_switched_off = False
+
+
+def enabled() -> bool:
+    """Whether the C kernels may be used: not switched off by TINYGPT_KERNELS=0 or set_enabled(False)."""
+    return not _switched_off and os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(on: bool) -> None:
+    """Switch the C kernels off (or back on, unless TINYGPT_KERNELS=0) for this process."""
+    global _switched_off
+    _switched_off = not on
 
 
 def cache_dir() -> Path:
@@ -62,75 +70,112 @@ def cpu_identity() -> str:
         return platform.processor()
 
 
+def find_compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def compiler_identity(compiler: str) -> str:
+    """The compiler's path and version banner, so that an upgraded compiler builds (and retries) anew."""
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+        return f"{compiler}\n{result.stdout}"
+    except (OSError, subprocess.SubprocessError):
+        return compiler
+
+
+def _key(sources: bytes, *parts: str) -> str:
+    return hashlib.sha256(sources + "\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _build(compiler: str) -> Path | None:
-    """Compile SOURCES into a shared library in the cache (once per source, compiler and CPU)."""
-    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
-    for flags in FLAG_SETS:
-        identity = " ".join([compiler, *flags, platform.machine(), cpu_identity()])
-        key = hashlib.sha256(source + identity.encode()).hexdigest()[:16]
-        lib = cache_dir() / f"rowdot-{key}.so"
+    """The library in the cache, compiled first if needed; None when it can't be built (a marker then
+    records the failure, so later calls with the same sources and compiler don't try again)."""
+    sources = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
+    identity = compiler_identity(compiler)
+    machine = platform.machine() + cpu_identity()
+    libs = [cache_dir() / f"kernels-{_key(sources, identity, *flags, machine)}.so" for flags in FLAG_SETS]
+    for lib in libs:
         if lib.exists():
             return lib
-        lib.parent.mkdir(parents=True, exist_ok=True)
+    attempt = _key(sources, identity, *(" ".join(flags) for flags in FLAG_SETS), machine)
+    failed, log = cache_dir() / f"kernels-{attempt}.failed", cache_dir() / f"kernels-{attempt}.log"
+    if failed.exists():
+        warn_failed(log)
+        return None
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for flags, lib in zip(FLAG_SETS, libs):
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:  # build aside, then move in whole
             out = Path(tmp) / lib.name
+            command = [compiler, *flags, "-shared", "-fPIC", *map(str, SOURCES), "-o", str(out)]
             try:
-                result = subprocess.run([compiler, *flags, "-shared", "-fPIC", *map(str, SOURCES), "-o", str(out)],
-                                        capture_output=True)
-            except OSError:  # no such compiler
+                result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+            except FileNotFoundError:  # no such compiler: nothing to record
                 return None
+            except (OSError, subprocess.TimeoutExpired) as e:
+                outputs.append(f"$ {' '.join(command)}\n{e}\n")
+                continue
             if result.returncode == 0 and out.exists():
                 os.replace(out, lib)
                 return lib
+            outputs.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}(exit status {result.returncode})\n")
+    log.write_text("\n".join(outputs), encoding="utf-8")
+    failed.write_text(str(log), encoding="utf-8")
+    warn_failed(log)
     return None
 
 
+def warn_failed(log: Path) -> None:
+    print(f"warning: the C kernels failed to build (compiler output in {log}); using PyTorch's own ops",
+          file=sys.stderr)
+
+
 @functools.cache
-def kernels() -> ctypes.CDLL | None:
-    """The compiled row-dot kernels (built on first use), or None when they can't be built here."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _load() -> ctypes.CDLL | None:
+    compiler = find_compiler()
     if compiler is None:
         return None
-    try:
-        lib_path = _build(compiler)
-        if lib_path is None:
-            return None
-        lib = ctypes.CDLL(str(lib_path))
-    except OSError as e:
-        print(f"warning: C kernels unavailable ({e}); decoding and training use PyTorch's own ops", file=sys.stderr)
+    path = _build(compiler)
+    if path is None:
         return None
-    for fn in (lib.rowdot_f32, lib.rowdot_bf16):
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
-        fn.restype = None
-    dropout_args = [ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
-    for fn in (lib.dropout_f32, lib.dropout_bf16, lib.dropout_f32_to_bf16):
-        fn.argtypes = [ctypes.c_void_p] * 2 + dropout_args
-        fn.restype = None
-    for fn in (lib.dropout_add_f32, lib.dropout_add_bf16):
-        fn.argtypes = [ctypes.c_void_p] * 3 + dropout_args
-        fn.restype = None
-    for fn in (lib.gelu_tanh_f32, lib.gelu_tanh_bf16):
-        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
-        fn.restype = None
-    lib.layernorm_forward_bf16.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_float]
-    lib.layernorm_backward_bf16.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2 + [ctypes.c_int]
-    lib.layernorm_forward_bf16.restype = lib.layernorm_backward_bf16.restype = None
-    softmax_args = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
-    for fn in (lib.softmax_forward_f32, lib.softmax_forward_bf16):
-        fn.argtypes = softmax_args
-        fn.restype = None
-    for fn in (lib.softmax_backward_f32, lib.softmax_backward_bf16):
-        fn.argtypes = softmax_args + [ctypes.c_int]
-        fn.restype = None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        print(f"warning: the C kernels failed to load ({e}); using PyTorch's own ops", file=sys.stderr)
+        return None
+    declare(lib)
     return lib
 
 
-def eager_on_cpu(x: Tensor) -> bool:
-    """Whether x is a real CPU tensor in eager mode: not traced by torch.compile, not seen through a
-    dispatch mode (FLOP counting, fake tensors), which the C kernels (raw pointers) would bypass."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on first use), or None when switched off or not buildable here."""
+    return _load() if enabled() else None
 
 
-def kernels_usable(x: Tensor) -> bool:
-    """Whether the C kernels can take x (float32 or bfloat16, eager, on a CPU, and built here)."""
-    return x.dtype in (torch.float32, torch.bfloat16) and eager_on_cpu(x) and kernels() is not None
+def replaces_threaded_ops() -> bool:
+    """Whether the kernels may stand in for PyTorch ops that run on several threads: only when built
+    with OpenMP (each kernel then splits its work across PyTorch's threads). A build without OpenMP
+    runs on one core, so it only replaces ops that are single-threaded in PyTorch too (dropout's mask)."""
+    lib = library()
+    return lib is not None and bool(lib.kernels_use_openmp())
+
+
+def declare(lib: ctypes.CDLL) -> None:
+    """The C signatures of the library's exported functions, as ctypes needs them."""
+    P, I64, U64, U32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
+    signatures = {
+        ("rowdot_f32", "rowdot_bf16"): [P] * 4 + [I64] * 2,
+        ("dropout_f32", "dropout_bf16", "dropout_f32_to_bf16"): [P] * 2 + [I64, U64, U32, F32],
+        ("dropout_add_f32", "dropout_add_bf16"): [P] * 3 + [I64, U64, U32, F32],
+        ("gelu_tanh_f32", "gelu_tanh_bf16"): [P] * 3 + [I64],
+        ("layernorm_forward_bf16",): [P] * 6 + [I64] * 2 + [F32],
+        ("layernorm_backward_bf16",): [P] * 7 + [I64] * 2 + [ctypes.c_int],
+        ("softmax_forward_f32", "softmax_forward_bf16"): [P] * 3 + [I64] * 4 + [F32, U64, U32, F32],
+        ("softmax_backward_f32", "softmax_backward_bf16"): [P] * 3 + [I64] * 4 + [F32, U64, U32, F32, ctypes.c_int],
+    }
+    for names, argtypes in signatures.items():
+        for name in names:
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+    lib.kernels_use_openmp.argtypes, lib.kernels_use_openmp.restype = [], ctypes.c_int
+    lib.decode_struct_layout.argtypes, lib.decode_struct_layout.restype = [P], I64

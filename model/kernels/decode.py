@@ -1,31 +1,44 @@
-"""The decoding step of one sequence in C: every layer of a GPT for one new token, in one call.
+"""Decoding one sequence on a CPU in C: each linear layer as row dot products, and a whole GPT step.
 
-After the row-dot kernels (model/rowdot.py), what is left of a batch-1 decoding step in PyTorch is
-about twenty small ops per layer (norms, attention over the cache, GELU, residual adds), each a few
-microseconds of dispatch for almost no arithmetic. `decode_step` in model/kernels/rowdot.c runs the
-same network for one token as plain loops around the row-dot products, reading and extending the KV
-caches that the PyTorch prefill of the prompt filled. generate() uses it for batch-1 decoding when
-prepare_for_sampling has attached one (`model.fast_decoder`); prompts, batches, padding and the
-sliding window past block_size stay on the PyTorch path.
+Decoding one token multiplies a single row x (in,) by every weight matrix W (out, in). That reads
+every weight once and does two flops per weight, so its speed is the speed at which the weights
+stream from memory. PyTorch hands F.linear on a one-row input to the BLAS as a matrix product, which
+on a CPU reaches a fraction of the memory bandwidth. `rowdot` (model/kernels/decode.c) computes the
+same product as one loop over the rows of W, split across the cores, each row a vectorised dot product
+with x: the access pattern that keeps every core's memory stream busy. bf16 weights are widened to
+float32 in registers, so they halve the bytes read and still accumulate in float32.
+
+What is left of a batch-1 decoding step in PyTorch is then about twenty small ops per layer (norms,
+attention over the cache, GELU, residual adds), each paying PyTorch's per-op dispatch for almost no
+arithmetic. `decode_step` in decode.c runs the same network for one token as plain loops around the
+row-dot products, reading and extending the KV caches that the PyTorch prefill of the prompt filled.
+model/sampling/generate.py uses it for batch-1 decoding when prepare_for_sampling has attached one
+(`model.fast_decoder`); prompts, batches, padding and the sliding window past block_size stay on the
+PyTorch path.
 
 Every architecture option of GPTConfig is covered (LayerNorm or RMSNorm, GELU or ReLU², learned or
 rotary positions, QK-norm, biases or none, tied or untied head) for float32 and bfloat16 models.
 The step computes in float32 from weights of either dtype, so a bfloat16 model's logits differ from
 its PyTorch path's (which rounds every intermediate to bfloat16) in the last bits.
+
+The two structs decode_step reads are mirrored here with ctypes (DecodeLayer, DecodeModel);
+`mirror_layout() == c_layout(lib)` compares the mirror with the sizes and offsets the compiled C
+reports; FastDecoder.attach refuses a mismatch.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
+import sys
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-import torch.nn.functional as F
-
 from model.kernels import build
+
 
 def rowdot(weight: Tensor, x: Tensor, bias: Tensor | None, lib: ctypes.CDLL) -> Tensor:
     """weight (out, in), float32 or bfloat16 and contiguous, times one row x (in,) -> (out,) float32."""
@@ -52,7 +65,7 @@ class RowDotLinear(nn.Module):
         if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
                 or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
             return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
-        y = rowdot(w, x.reshape(-1), self.bias, build.kernels())  # (out,)
+        y = rowdot(w, x.reshape(-1), self.bias, build.library())  # (out,)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
@@ -63,9 +76,8 @@ def huge_page_buffer(nbytes: int) -> Tensor | None:
     """An uninitialised uint8 tensor of nbytes, starting on a 2 MB boundary, that Linux backs with
     2 MB pages (transparent huge pages on request, madvise); None where the OS has no such request.
 
-    Streaming hundreds of MB per token through 4 KB pages costs a TLB miss every 4 KB; the same
-    weights read from 2 MB pages decoded GPT-2 124M about 1.4x faster on the 2-core machine of
-    BENCHMARKS.md."""
+    Streaming hundreds of MB per token through 4 KB pages costs a TLB miss every 4 KB; 2 MB pages
+    cost one every 2 MB."""
     if not hasattr(mmap, "MADV_HUGEPAGE"):
         return None
     size = (-(-nbytes // HUGE_PAGE) + 1) * HUGE_PAGE  # one page more, to align the start
@@ -92,9 +104,9 @@ def move_to_huge_pages(params: list[nn.Parameter]) -> None:
 
 def use_rowdot(model: nn.Module) -> bool:
     """Swap every float32 / bfloat16 nn.Linear on the CPU in model for a RowDotLinear, in place.
-    Returns False (and leaves the model alone) when the kernels can't be built here."""
-    lib = build.kernels()
-    if lib is None:
+    Returns False (and leaves the model alone) when the kernels are off or can't be built here, or
+    were built without OpenMP while PyTorch's products use several threads."""
+    if not build.replaces_threaded_ops():
         return False
     weights = {}
     for parent in list(model.modules()):
@@ -113,6 +125,7 @@ def use_rowdot(model: nn.Module) -> bool:
 P = ctypes.c_void_p
 
 
+# These two mirror the structs of decode.c field by field, in the same order.
 class DecodeLayer(ctypes.Structure):
     _fields_ = [(name, P) for name in (
         "ln1_w", "ln1_b", "attn_w", "attn_b", "q_norm_w", "k_norm_w", "proj_w", "proj_b",
@@ -128,6 +141,18 @@ class DecodeModel(ctypes.Structure):
         + [(name, P) for name in ("wte", "wpe", "rope_freq", "lnf_w", "lnf_b", "head_w")]
         + [("layers", ctypes.POINTER(DecodeLayer)), ("scratch", P)]
     )
+
+
+def mirror_layout(layer: type[ctypes.Structure] = DecodeLayer, model: type[ctypes.Structure] = DecodeModel) -> list[int]:
+    """The size of each ctypes struct followed by the offsets of its fields, layer first."""
+    return [n for struct in (layer, model)
+            for n in [ctypes.sizeof(struct)] + [getattr(struct, name).offset for name, _ in struct._fields_]]
+
+
+def c_layout(lib: ctypes.CDLL) -> list[int]:
+    """The same numbers for decode.c's structs, as the compiled library reports them."""
+    out = (ctypes.c_int64 * 64)()
+    return list(out[: lib.decode_struct_layout(out)])
 
 
 def norm_eps(norm: nn.Module, dtype: torch.dtype) -> float:
@@ -197,6 +222,10 @@ class FastDecoder:
     def attach(cls, model: nn.Module, lib: ctypes.CDLL) -> "FastDecoder | None":
         """Attach a decoder to model (as model.fast_decoder) when decode_step supports it."""
         if cls.supports(model) is not None:
+            return None
+        if mirror_layout() != c_layout(lib):
+            print("warning: model/kernels/decode.py's structs don't match decode.c's; decoding in PyTorch",
+                  file=sys.stderr)
             return None
         lib.decode_step.argtypes = [ctypes.POINTER(DecodeModel), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, P]
         lib.decode_step.restype = None

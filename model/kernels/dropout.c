@@ -1,13 +1,11 @@
 /* Dropout on the CPU from a counter-based hash: y[i] = keep(seed, i) ? x[i] * scale : 0.
  *
- * PyTorch draws a CPU dropout mask with its one-threaded Bernoulli generator (about 190 ms per 25M
- * elements on the machine of BENCHMARKS.md), which made it a quarter of a baby-GPT training step. Here
- * whether element i is kept is a pure function of (seed, i): every thread computes its own share,
+ * PyTorch draws a CPU dropout mask with its one-threaded Bernoulli generator. Here whether element i is kept is a pure function of (seed, i): every thread computes its own share,
  * the loop vectorises, and the backward pass recomputes the same mask from the seed instead of
  * storing it. The hash is two rounds of MurmurHash3's 32-bit finaliser over the index and the seed;
  * element i is kept when it is at least `threshold` (= p * 2^32).
  *
- * Built with the row-dot kernels by model/rowdot.py; used by model/dropout.py.
+ * Called through model/kernels/dropout.py (the ops tinygpt::dropout and tinygpt::dropout_add).
  */
 #include "bf16.h"
 #include "dropout_hash.h"

@@ -2,7 +2,7 @@
  *
  * Under bfloat16 autocast PyTorch normalises in float32, writes a float32 result, and the next
  * linear layer casts it to bfloat16; backward converts the gradient back to float32 first. That is
- * four passes over a (B, T, C) tensor around each norm, 13 norms in a baby-GPT step. Here the forward
+ * four passes over a (B, T, C) tensor around each norm. Here the forward
  * pass writes bfloat16 directly and the backward pass reads the bfloat16 gradient directly; the
  * arithmetic is float32 throughout, as in PyTorch.
  *
@@ -11,8 +11,8 @@
  *   dw = sum over rows of dy * xhat,  db = sum over rows of dy
  *
  * The weight and bias gradients are summed per thread into rows of `partial` (threads x 2C, zeroed
- * by the caller), which the caller adds up. Built with the other kernels by model/rowdot.py; used by
- * model/layers.py.
+ * by the caller), which the caller adds up. Called through model/kernels/layernorm.py (the ops
+ * tinygpt::layer_norm_to_bf16 and its backward).
  */
 #include <math.h>
 

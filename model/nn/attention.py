@@ -19,9 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.kernels.dropout import dropout
+from model.kernels import ops
 from model.nn.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
-from model.kernels.attention_probs import attention_weights, kernel_applies
 
 
 class KVCache:
@@ -113,23 +112,22 @@ class MultiHeadAttention(nn.Module):
         context: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         causal: bool | None = None,
-        need_weights: bool = False,
         cache: KVCache | None = None,
         pos: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Attend from x (B, T, C) over x itself or over `context` (B, S, C).
+        weights_out: list[Tensor] | None = None,
+    ) -> Tensor:
+        """Attend from x (B, T, C) over x itself or over `context` (B, S, C); returns (B, T, C).
 
         key_padding_mask: (B, S) bool, True marks a key to ignore (e.g. padding), as in
             torch.nn.MultiheadAttention.
         causal: mask future keys; defaults to True for self-attention, False for cross-attention.
             With S > T (keys that start earlier than the queries) query i sits at position S - T + i.
-        need_weights: also return the attention pattern (B, nh, T, S), whose rows sum to 1. This takes
-            the explicit path (scores, mask, softmax, weighted sum); otherwise PyTorch's fused
-            scaled_dot_product_attention computes the same thing faster.
         cache: self-attention only; the keys and values of x are appended to it and the queries
             attend over everything it holds (S = cached + T keys; key_padding_mask then covers all S).
         pos: absolute position of each query, (T,) or (B, T). Learned position embeddings are added
             in GPT, so only rotary attention uses it; it defaults to 0 .. T-1.
+        weights_out: a list to append the attention weights (B, nh, T, S) to, whose rows sum to 1 (as
+            applied to the values: after dropout, while training). This takes the explicit path.
         """
         if causal is None:
             causal = context is None
@@ -141,43 +139,34 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rotary(q, pos, self.rope_frequencies), apply_rotary(k, pos, self.rope_frequencies)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs) with S = cached + T
-        y, att = self.attend(q, k, v, key_padding_mask, causal, need_weights)
+        y = self.attend(q, k, v, key_padding_mask, causal, weights_out)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(x.shape[0], x.shape[1], self.n_embd)  # (B, T, C)
-        y = self.c_proj(y)
-        return (y, att) if need_weights else y
+        return self.c_proj(y)
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, need_weights: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """softmax(q k^T / sqrt(hs) + mask) v for every head at once; returns (B, nh, T, hs) and the pattern."""
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool,
+        weights_out: list[Tensor] | None = None,
+    ) -> Tensor:
+        """softmax(q k^T / sqrt(hs) + mask) v for every head at once: (B, nh, T, hs)."""
         T, S = q.shape[-2], k.shape[-2]
         dropout_p = self.dropout if self.training else 0.0
         if causal and key_padding_mask is None and T == 1:
-            mask = None  # one new query after all the (cached) keys may see every one of them
-        else:
-            mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
-        if not need_weights and not explicit_is_faster(q, S, dropout_p):
-            fast_causal = causal and mask is not None and key_padding_mask is None and T == S
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=None if fast_causal else mask,
-                dropout_p=dropout_p,
-                is_causal=fast_causal,
-            )
-            return y, None
+            causal = False  # one new query after all the (cached) keys may see every one of them
+        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
+        only_causal = causal and key_padding_mask is None  # the mask is the causal one and nothing else
+        if weights_out is None and not explicit_is_faster(q, S, dropout_p):
+            # PyTorch's fused kernel: the same computation, without ever storing the (T, S) weights
+            fused_causal = only_causal and T == S  # its is_causal aligns query i with key i
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if fused_causal else mask,
+                                                  dropout_p=dropout_p, is_causal=fused_causal)
         scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
-        if not need_weights and key_padding_mask is None and kernel_applies(scores, dropout_p):
-            # scale, causal mask, softmax and dropout in one pass of model/kernels/softmax.c
-            return attention_weights(scores, scale, causal, dropout_p) @ v, None  # (B, nh, T, hs)
-        scores = scores * scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        # in bf16/fp16 PyTorch's softmax accumulates in float32 and rounds once, as upcasting first would,
-        # without copying the (B, nh, T, S) scores to float32 and back (a tenth of a baby-GPT bf16 step)
-        att = F.softmax(scores, dim=-1).to(q.dtype)
-        y = dropout(att, dropout_p, self.training) @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
-        return y, (att if need_weights else None)
+        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S): how well each query matches each key
+        # scale -> mask -> softmax -> dropout (ops.attention_probs spells out the PyTorch steps; on a CPU
+        # a C kernel does all four in one pass)
+        att = ops.attention_probs(scores, scale, mask, dropout_p, causal=only_causal)  # (B, nh, T, S)
+        if weights_out is not None:
+            weights_out.append(att)
+        return att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
 
 
 EXPLICIT_MAX_KEYS = 128
@@ -185,16 +174,14 @@ EXPLICIT_MAX_KEYS = 128
 
 
 def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
-    """Whether to train through the explicit attention path instead of PyTorch's fused kernel.
-    On a CPU in bfloat16, the fused (flash) kernel's backward is slow for short sequences: forward
-    plus backward at 64 tokens took 3.7x as long as the explicit path, at 128 tokens 3.2x, at 256
-    about the same (BENCHMARKS.md). With dropout the fused kernels don't run on a CPU at all, and
-    PyTorch's fallback took 1.15x as long as the explicit path in bfloat16 at 256 tokens, and in
-    float32 1.08-1.24x on the baby GPT (the explicit path's dropout is model/dropout.py's parallel
-    one). Longer sequences without dropout keep the fused kernel, which also never stores the (T, S)
-    score matrix; float32 without dropout, inference and GPUs keep it always."""
+    """Whether to train through the explicit attention path instead of PyTorch's fused kernel, as
+    measured on CPUs (BENCHMARKS.md): in bfloat16 the fused (flash) kernel's backward is slow for short
+    sequences, and with dropout the fused kernels don't run on a CPU at all (PyTorch falls back to a
+    slower composite). Longer sequences without dropout keep the fused kernel, which also never
+    stores the (T, S) score matrix; float32 without dropout, inference and GPUs keep it always. The
+    meta device takes the CPU's choice, so that tracing on it sees the ops a CPU run executes."""
     short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
-    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)
+    return q.requires_grad and q.device.type in ("cpu", "meta") and (short_half or dropout_p > 0)
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:

@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.nn.attention import KVCache, MultiHeadAttention
 from model.config import GPTConfig
-from model.kernels.dropout import Dropout, dropout_add
-from model.nn.layers import ACTIVATIONS, Linear, make_norm
+from model.kernels import ops
+from model.nn.attention import KVCache, MultiHeadAttention
+from model.nn.layers import ACTIVATIONS, Dropout, Linear, make_norm
 
 IGNORE_INDEX = -1
 """Targets equal to this (e.g. padding) don't count towards the loss."""
@@ -39,8 +39,7 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm residual block: attention, then MLP, each dropped out (while training) and added back
-    onto the residual stream. The dropout and the add are one step (dropout.dropout_add), which on a
-    CPU is one pass over the stream."""
+    onto the residual stream."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -53,19 +52,15 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
-        cache: KVCache | None = None,
-        pos: Tensor | None = None,
-    ):
-        a = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, need_weights=need_weights, cache=cache, pos=pos)
-        a, att = a if need_weights else (a, None)
-        x = dropout_add(x, a, self.resid_dropout, self.training)
-        x = dropout_add(x, self.mlp(self.ln_2(x)), self.resid_dropout, self.training)
-        return (x, att) if need_weights else x
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, cache: KVCache | None = None,
+                pos: Tensor | None = None, weights_out: list[Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); weights_out, if given, receives the attention weights (B, nh, T, S)."""
+        p, training = self.resid_dropout, self.training
+        # x = x + dropout(attn(ln_1(x))), the dropout and the add in one step (one pass in C on a CPU)
+        h = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, cache=cache, pos=pos, weights_out=weights_out)
+        x = ops.dropout_add(x, h, p, training)
+        x = ops.dropout_add(x, self.mlp(self.ln_2(x)), p, training)  # x = x + dropout(mlp(ln_2(x)))
+        return x
 
 
 class GPT(nn.Module):
@@ -115,8 +110,13 @@ class GPT(nn.Module):
         return [KVCache(self.config.block_size) for _ in self.transformer.h]
 
     def _hidden(
-        self, idx: Tensor, key_padding_mask: Tensor | None, need_weights: bool, caches: list[KVCache] | None = None
-    ):
+        self,
+        idx: Tensor,
+        key_padding_mask: Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        weights_out: list[Tensor] | None = None,
+    ) -> Tensor:
+        """The final hidden states (B, T, C) of token ids idx (B, T), before the LM head."""
         B, T = idx.shape
         past = 0 if caches is None else caches[0].length
         if past + T > self.config.block_size:
@@ -126,23 +126,16 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:  # learned positions; rotary ones are applied inside attention
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        patterns = []
         for i, block in enumerate(self.transformer.h):
-            cache = None if caches is None else caches[i]
-            if need_weights:
-                x, att = block(x, key_padding_mask, need_weights=True, cache=cache, pos=pos)
-                patterns.append(att)
-            else:
-                x = block(x, key_padding_mask, cache=cache, pos=pos)
-        return self.transformer.ln_f(x), patterns
+            x = block(x, key_padding_mask, cache=None if caches is None else caches[i], pos=pos, weights_out=weights_out)
+        return self.transformer.ln_f(x)
 
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, key_padding_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab) and, given targets (B, T), the mean
         cross-entropy over targets that are not IGNORE_INDEX."""
-        x, _ = self._hidden(idx, key_padding_mask, need_weights=False)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(self._hidden(idx, key_padding_mask))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
@@ -156,13 +149,14 @@ class GPT(nn.Module):
         """Logits (B, vocab) for the token after idx (B, T), computing the LM head for the last
         position only. With caches, idx continues the tokens they hold (which it extends), and
         key_padding_mask (B, cached + T) covers those tokens too."""
-        x, _ = self._hidden(idx, key_padding_mask, need_weights=False, caches=caches)
+        x = self._hidden(idx, key_padding_mask, caches)
         return self.lm_head(x[:, -1, :])  # (B, vocab)
 
     @torch.no_grad()
     def attention_patterns(self, idx: Tensor) -> list[Tensor]:
         """One (B, n_head, T, T) attention pattern per layer, from the explicit attention path."""
-        _, patterns = self._hidden(idx, None, need_weights=True)
+        patterns: list[Tensor] = []
+        self._hidden(idx, weights_out=patterns)
         return patterns
 
 

@@ -59,30 +59,30 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, rowdot: bool = True) -> GPT:
+def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decode: bool = True) -> GPT:
     """Cast the model to dtype for inference and lay its weights out for fast decoding, in place;
     returns the model in eval mode.
 
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
-    the weights stream from memory. On a CPU, with rowdot (the default), one-row products go through
-    the C row-dot kernels of model/rowdot.py, which read the weights at close to the memory
-    bandwidth, and a batch-1 decoding step runs whole in C (model/fastdecode.py), without PyTorch's
-    per-op overhead between the products. Where those can't be built (no C compiler), or with rowdot=False, every linear
-    layer's weight is stored transposed in memory (column-major) instead: PyTorch computes
-    F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed view that the CPU BLAS
-    reads at a fraction of the bandwidth, while with W column-major, W.t() is a plain row-major
-    (in, out) matrix whose product streams about twice as fast. Shapes, names and results are
+    the weights stream from memory. On a CPU, with c_decode (the default), one-row products go through
+    the C row-dot kernels, which read the weights at close to the memory bandwidth, and a batch-1
+    decoding step runs whole in C, without PyTorch's per-op overhead between the products
+    (model/kernels/decode.py). Where those can't be built or are switched off (TINYGPT_KERNELS=0), or
+    with c_decode=False, every linear layer's weight is stored transposed in memory (column-major)
+    instead: PyTorch computes F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed
+    view that the CPU BLAS reads at a fraction of the bandwidth, while with W column-major, W.t() is a
+    plain row-major (in, out) matrix whose product streams faster. Shapes, names and results are
     unchanged either way (only the summation order inside a product may differ in the last bits).
     """
     model.to(dtype).eval()
     if model.lm_head.weight.device.type != "cpu":
         return model  # GPU libraries read either layout at full speed: the relayout below is for CPU BLAS
-    if rowdot:
+    if c_decode:
         from model.kernels import build
         from model.kernels.decode import FastDecoder, use_rowdot
 
         if use_rowdot(model):
-            FastDecoder.attach(model, build.kernels())
+            FastDecoder.attach(model, build.library())
             return model
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):

@@ -94,11 +94,11 @@ def load_served(
             model, tok = load_pretrained(source.path, device)
         else:
             model, tok, _ = load_model(source.path, device)
-        prepare_for_sampling(model, dtype, rowdot=c_decode)
+        prepare_for_sampling(model, dtype, c_decode=c_decode)
         batch_model = None
         if getattr(model, "fast_decoder", None) is not None and max_batch > 1 and batch_copy:
             # a lone text decodes in C from row-major weights; batches run faster on column-major ones
-            batch_model = prepare_for_sampling(batch_twin(model), dtype, rowdot=False)
+            batch_model = prepare_for_sampling(batch_twin(model), dtype, c_decode=False)
         engine = Engine(model, tok, max_batch, max_waiting, batch_model)
         served.append(ServedModel(source.id, model, tok, engine, int(time.time())))
     return served

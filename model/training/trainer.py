@@ -24,6 +24,7 @@ from model.device import allow_tf32, autocast, describe_precision, resolve_devic
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
 from model.files import remove_stale_temporaries
+from model.kernels import build as kernels
 from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
@@ -120,6 +121,7 @@ class Trainer:
         memory.check_fits(model_config, config, self.device, self.dtype, shards)  # before allocating anything
         self.stop = signals.GracefulStop(self.dist.world_size == 1)  # active inside train(); polled after every step
 
+        kernels.set_enabled(config.kernels)  # the C kernels (CPU) for this process, or PyTorch's ops only
         self.dist.check_fsdp()
         weights = resume["model"] if resume is not None else pretrained.state_dict() if pretrained is not None else None
         if self.dist.fsdp:

@@ -1,8 +1,7 @@
 /* Attention weights in one pass: scale, causal mask, softmax and dropout, and the backward of all four.
  *
  * In PyTorch these are four passes over the (B, nh, T, S) scores forward and four backward (scale,
- * masked_fill, softmax, dropout), each reading and writing the largest tensor of a training step:
- * 25M elements per layer on the baby GPT. Here each row of scores is read once and its weights
+ * masked_fill, softmax, dropout), each reading and writing the largest tensor of a training step. Here each row of scores is read once and its weights
  * written once, keys a causal query can't see are never exponentiated, and the dropout mask is the
  * hash of dropout_hash.h, recomputed in backward from the seed. The backward pass uses that masked
  * entries have zero weight, so their gradient is zero with no mask applied.
@@ -12,7 +11,7 @@
  * The weights are att = softmax(scale * scores); with dropout (att_dropped != NULL) att_dropped
  * = att * keep / (1 - p) is what multiplies the values, and att is kept for backward.
  *
- * Built with the other kernels by model/rowdot.py; used by model/attention.py.
+ * Called through model/kernels/attention_probs.py (the ops tinygpt::attention_probs and its backward).
  */
 #if defined(__GNUC__) && !defined(__clang__)
 /* GCC would split the padded row loops below at n, leaving the remainder scalar again */
@@ -43,8 +42,7 @@ static inline int64_t visible_keys(int64_t row, int64_t T, int64_t S, int64_t of
 }
 
 /* Rows are processed up to the visible length rounded up to a multiple of this (the elements in
- * between count as masked): a loop of whole vectors, where the remainder of every row in its own
- * scalar loop took a third of the time. */
+ * between count as masked): a loop of whole vectors, with no scalar remainder loop for every row. */
 #define ROW_PAD 32
 
 static inline int64_t padded(int64_t n, int64_t S) {

@@ -1,4 +1,6 @@
-/* Row dot products for decoding one token: y[o] = sum_i W[o][i] * x[i] (+ b[o]).
+/* Decoding one token of one sequence: row dot products, and the whole GPT step built on them.
+ *
+ * Row dot products: y[o] = sum_i W[o][i] * x[i] (+ b[o]).
  *
  * W is row-major (out, in), as nn.Linear stores it, so each output is one dot product over a
  * contiguous row, vectorised by the compiler (omp simd). The rows are split across the OpenMP
@@ -8,41 +10,37 @@
  * bf16 weights are widened to float32 in registers (a bf16 is the top half of a float32), so they
  * halve the bytes read and still accumulate in float32. x, b and y are float32.
  *
- * Built by model/rowdot.py with the system C compiler on first use; plain C, no intrinsics.
- * decode_step, at the end, runs a whole GPT decoding step for one token around these products.
+ * Plain C, no intrinsics. decode_step, at the end, runs a whole GPT decoding step for one token around
+ * these products; model/kernels/decode.py calls both.
  */
 #include "bf16.h"
 
-void rowdot_f32(const float *W, const float *x, const float *b, float *y, int64_t out, int64_t in) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        const float *w = W + o * in;
-        float acc = 0.0f;
-        #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < in; i++) acc += w[i] * x[i];
-        y[o] = b ? acc + b[o] : acc;
+/* One body for both weight dtypes; `widen` turns a stored weight into a float32. */
+#define DEFINE_ROWDOT(name, weight_t, widen)                                                            \
+    void name(const weight_t *W, const float *x, const float *b, float *y, int64_t out, int64_t in) { \
+        _Pragma("omp parallel for schedule(static)")                                                  \
+        for (int64_t o = 0; o < out; o++) {                                                           \
+            const weight_t *w = W + o * in;                                                           \
+            float acc = 0.0f;                                                                         \
+            _Pragma("omp simd reduction(+ : acc)")                                                    \
+            for (int64_t i = 0; i < in; i++) acc += widen(w[i]) * x[i];                               \
+            y[o] = b ? acc + b[o] : acc;                                                              \
+        }                                                                                             \
     }
-}
 
-void rowdot_bf16(const uint16_t *W, const float *x, const float *b, float *y, int64_t out, int64_t in) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        const uint16_t *w = W + o * in;
-        float acc = 0.0f;
-        #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < in; i++) acc += bf16_to_f32(w[i]) * x[i];
-        y[o] = b ? acc + b[o] : acc;
-    }
-}
+static inline float as_f32(float v) { return v; }
+
+DEFINE_ROWDOT(rowdot_f32, float, as_f32)
+DEFINE_ROWDOT(rowdot_bf16, uint16_t, bf16_to_f32)
 
 /* ---- The whole decoding step of one sequence (batch 1, one new token) ----------------------------
  *
  * Between the products above, a decoding step in PyTorch runs some twenty small ops per layer (norms,
- * attention over the cache, GELU, residual adds), each a few microseconds of dispatch for almost no
- * arithmetic: about 2.5 ms per GPT-2 124M token, a fifth of the step. decode_step runs the same
- * network for one token in plain loops instead, calling the row-dot kernels for every product, and
- * reads and extends the KV cache buffers that PyTorch's prefill filled (model/attention.py KVCache).
- * model/fastdecode.py builds the DecodeModel description and checks it against the PyTorch model.
+ * attention over the cache, GELU, residual adds), each paying PyTorch's per-op dispatch for almost no
+ * arithmetic. decode_step runs the same network for one token in plain loops instead, calling the
+ * row-dot kernels for every product, and reads and extends the KV cache buffers that PyTorch's
+ * prefill filled (model/nn/attention.py KVCache). model/kernels/decode.py mirrors the two structs
+ * below with ctypes; decode_struct_layout reports their sizes and offsets so that the mirror is checked.
  *
  * Activations are float32 throughout; weight matrices, the token and position tables and the KV cache
  * are float32 or bfloat16 (the model's dtype); norm gains, biases and rotary frequencies come as
@@ -202,4 +200,26 @@ void decode_step(const DecodeModel *m, int64_t token, int64_t pos, int64_t past,
     }
     norm(x, m->lnf_w, m->lnf_b, xn, C, m->rmsnorm, m->norm_eps);
     product(m->head_w, xn, NULL, logits, m->vocab, C, bf16);
+}
+
+/* The layout of the two structs above, for model/kernels/decode.py to compare with its ctypes mirror:
+ * out[0] = sizeof(DecodeLayer), out[1..16] = the offsets of its fields in order, out[17] =
+ * sizeof(DecodeModel), out[18..38] = the offsets of its fields in order. Returns how many were written. */
+#include <stddef.h>
+
+int64_t decode_struct_layout(int64_t *out) {
+    int64_t i = 0;
+#define LAYER(field) out[i++] = offsetof(DecodeLayer, field);
+#define MODEL(field) out[i++] = offsetof(DecodeModel, field);
+    out[i++] = sizeof(DecodeLayer);
+    LAYER(ln1_w) LAYER(ln1_b) LAYER(attn_w) LAYER(attn_b) LAYER(q_norm_w) LAYER(k_norm_w) LAYER(proj_w)
+    LAYER(proj_b) LAYER(ln2_w) LAYER(ln2_b) LAYER(fc_w) LAYER(fc_b) LAYER(fc2_w) LAYER(fc2_b) LAYER(k_cache)
+    LAYER(v_cache)
+    out[i++] = sizeof(DecodeModel);
+    MODEL(n_layer) MODEL(n_head) MODEL(n_embd) MODEL(hidden) MODEL(vocab) MODEL(max_len) MODEL(bf16)
+    MODEL(rmsnorm) MODEL(relu2) MODEL(rope) MODEL(qk_norm) MODEL(norm_eps) MODEL(qk_norm_eps) MODEL(wte)
+    MODEL(wpe) MODEL(rope_freq) MODEL(lnf_w) MODEL(lnf_b) MODEL(head_w) MODEL(layers) MODEL(scratch)
+#undef LAYER
+#undef MODEL
+    return i;
 }
