@@ -114,7 +114,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.compile is not None:
-        print("note: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
+        print("warning: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
         args.c_decode = args.compile
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")

@@ -173,7 +173,7 @@ def test_sample_cli_c_decode_switch_and_its_deprecated_name(char_checkpoint, cap
     assert prepared == [dict(c_decode=False)]
     err = capsys.readouterr().err
     assert err == ("" if flag.startswith("--c_decode") else
-                   "note: sample.py --compile is deprecated and will be removed; use --c_decode\n")
+                   "warning: sample.py --compile is deprecated and will be removed; use --c_decode\n")
 
 
 def test_sample_cli_batch_and_prompt_file(char_checkpoint, tmp_path, capsys):

@@ -152,13 +152,13 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if causal and key_padding_mask is None and T == 1:
             causal = False  # one new query after all the (cached) keys may see every one of them
-        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
         only_causal = causal and key_padding_mask is None  # the mask is the causal one and nothing else
         if weights_out is None and not explicit_is_faster(q, S, dropout_p):
             # PyTorch's fused kernel: the same computation, without ever storing the (T, S) weights
-            fused_causal = only_causal and T == S  # its is_causal aligns query i with key i
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if fused_causal else mask,
-                                                  dropout_p=dropout_p, is_causal=fused_causal)
+            fused_causal = only_causal and T == S  # its is_causal aligns query i with key i: no mask needed
+            mask = None if fused_causal else build_mask(T, S, causal, key_padding_mask, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fused_causal)
+        mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
         scale = 1.0 / math.sqrt(q.shape[-1])
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S): how well each query matches each key
         # scale -> mask -> softmax -> dropout (ops.attention_probs spells out the PyTorch steps; on a CPU
@@ -178,10 +178,10 @@ def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
     measured on CPUs (BENCHMARKS.md): in bfloat16 the fused (flash) kernel's backward is slow for short
     sequences, and with dropout the fused kernels don't run on a CPU at all (PyTorch falls back to a
     slower composite). Longer sequences without dropout keep the fused kernel, which also never
-    stores the (T, S) score matrix; float32 without dropout, inference and GPUs keep it always. The
-    meta device takes the CPU's choice, so that tracing on it sees the ops a CPU run executes."""
+    stores the (T, S) score matrix; float32 without dropout, inference, GPUs and the meta device (which
+    stands for a GPU when a model is traced) keep it always."""
     short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
-    return q.requires_grad and q.device.type in ("cpu", "meta") and (short_half or dropout_p > 0)
+    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:
