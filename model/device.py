@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import time
 from pathlib import Path
 
@@ -88,30 +90,13 @@ def allow_tf32(device: str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-# Dense (no sparsity) peak tensor-core throughput per GPU, FLOP/s, from NVIDIA's datasheets. "float32" is
-# the TF32 figure, since allow_tf32 lets float32 matmuls use it (V100 and T4 have no TF32: plain float32).
-# bfloat16 and float16 assume float32 accumulation, as autocast uses. More specific names come first.
-GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    (r"\bB200\b", {"bfloat16": 2250e12, "float16": 2250e12, "float32": 1100e12}),
-    (r"\bH200\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
-    (r"\bH100\b.*\bPCIe\b", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
-    (r"\bH100\b.*\bNVL\b", {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12}),
-    (r"\bH100\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),  # SXM
-    (r"\bGH200\b", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
-    (r"\bA100\b", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
-    (r"\bA10G\b", {"bfloat16": 70e12, "float16": 70e12, "float32": 35e12}),
-    (r"\bA10\b", {"bfloat16": 125e12, "float16": 125e12, "float32": 62.5e12}),
-    (r"\bL40S\b", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
-    (r"\bL40\b", {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
-    (r"\bL4\b", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
-    (r"RTX 6000 Ada", {"bfloat16": 364e12, "float16": 364e12, "float32": 182e12}),
-    (r"RTX A6000", {"bfloat16": 155e12, "float16": 155e12, "float32": 77e12}),
-    (r"RTX 5090", {"bfloat16": 209e12, "float16": 209e12, "float32": 105e12}),
-    (r"RTX 4090", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
-    (r"RTX 3090", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
-    (r"\bV100\b", {"float16": 125e12, "float32": 15.7e12}),
-    (r"\bT4\b", {"float16": 65e12, "float32": 8.1e12}),
-)
+GPU_PEAK_FLOPS_FILE = Path(__file__).with_name("gpu_peak_flops.json")
+"""Datasheet peaks of common GPUs (its "about" field says what the numbers are)."""
+
+
+@functools.cache
+def gpu_peak_table() -> list[dict]:
+    return json.loads(GPU_PEAK_FLOPS_FILE.read_text(encoding="utf-8"))["gpus"]
 
 
 def gpu_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
@@ -120,8 +105,8 @@ def gpu_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
     import re
 
     key = str(dtype).split(".")[-1]
-    for pattern, peaks in GPU_PEAK_FLOPS:
-        if re.search(pattern, device_name):
+    for peaks in gpu_peak_table():
+        if re.search(peaks["name"], device_name):
             return peaks.get(key)
     return None
 

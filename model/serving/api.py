@@ -45,26 +45,16 @@ API_KEY_ENV = "TINYGPT_API_KEY"
 class Limits:
     """Bounds on what one request may ask for; past them the request gets a 400 saying which."""
 
-    max_prompt_tokens: int = 4096
-    """Longest prompt, in tokens (longer than block_size is allowed: the context slides)."""
-    max_tokens: int = 2048
-    """Most tokens a request may ask to generate per text."""
-    max_n: int = 8
-    """Most texts per prompt (n)."""
-    max_prompts: int = 16
-    """Most prompts in one request."""
-    max_logprobs: int = 20
-    """Most alternatives reported per token (logprobs)."""
-    max_stop: int = 4
-    """Most stop strings."""
-    max_stop_chars: int = 200
-    """Longest stop string, in characters."""
-    max_body_bytes: int = 1_000_000
-    """Largest request body; a larger one gets 413 before it is read."""
-    max_attention_tokens: int = 512
-    """Longest text whose attention is computed; a longer one is cut to its last this many tokens."""
-    max_attention_values: int = 4_000_000
-    """Most attention weights (layers x heads x tokens x tokens) in one reply."""
+    max_prompt_tokens: int = 4096  # Longest prompt, in tokens (longer than block_size is allowed: the context slides).
+    max_tokens: int = 2048  # Most tokens a request may ask to generate per text.
+    max_n: int = 8  # Most texts per prompt (n).
+    max_prompts: int = 16  # Most prompts in one request.
+    max_logprobs: int = 20  # Most alternatives reported per token (logprobs).
+    max_stop: int = 4  # Most stop strings.
+    max_stop_chars: int = 200  # Longest stop string, in characters.
+    max_body_bytes: int = 1_000_000  # Largest request body; a larger one gets 413 before it is read.
+    max_attention_tokens: int = 512  # Longest text whose attention is computed; a longer one is cut to its last this many tokens.
+    max_attention_values: int = 4_000_000  # Most attention weights (layers x heads x tokens x tokens) in one reply.
 
 
 class APIError(Exception):
