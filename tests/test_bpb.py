@@ -82,6 +82,7 @@ def test_character_level_bpb_counts_bytes_not_characters(non_ascii_chars, capsys
     assert result["bpb"] == pytest.approx(by_hand, rel=1e-5)
 
 
+@pytest.mark.needs_gpt2
 def test_gpt2_bpe_bpb_of_a_text_file(tmp_path, shakespeare_text, capsys):
     tok = TiktokenTokenizer("gpt2")
     text = shakespeare_text[:1500] + NON_ASCII * 3

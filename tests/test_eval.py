@@ -66,6 +66,7 @@ def reference_scores(model: GPT2LMHeadModel, items: list[dict]) -> tuple[list[li
     return sums_per_item, acc / len(items), acc_norm / len(items)
 
 
+@pytest.mark.needs_gpt2
 def test_hellaswag_scores_equal_transformers(gpt2_folder, tmp_path, capsys):
     folder, model = gpt2_folder
     items = make_items(12)
@@ -85,6 +86,7 @@ def test_hellaswag_scores_equal_transformers(gpt2_folder, tmp_path, capsys):
     assert 0 <= acc < 1
 
 
+@pytest.mark.needs_gpt2
 def test_hellaswag_sentence_output_and_batching_do_not_change_scores(gpt2_folder, tmp_path, capsys):
     folder, _ = gpt2_folder
     path = tmp_path / "items.jsonl"
@@ -105,6 +107,7 @@ def test_hellaswag_sentence_output_and_batching_do_not_change_scores(gpt2_folder
     ('{"ctx": "a", "endings": ["b"], "label": 0}\n', "at least two"),
     ('\n', "holds no items"),
 ])
+@pytest.mark.needs_gpt2
 def test_bad_items_are_one_line(gpt2_folder, tmp_path, capsys, content, message):
     folder, _ = gpt2_folder
     path = tmp_path / "items.jsonl"
@@ -122,6 +125,7 @@ def test_bad_model_and_missing_task_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.needs_gpt2
 def test_runs_as_python_dash_m_model_eval(gpt2_folder, tmp_path):
     folder, _ = gpt2_folder
     (tmp_path / "t.txt").write_text("To be, or not to be, that is the question.\n")

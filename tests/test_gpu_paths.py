@@ -248,6 +248,7 @@ def bpe_data_dir(tmp_path: Path, corpus: Path) -> Path:
     return data_dir
 
 
+@pytest.mark.needs_gpt2
 def test_bpe_vocabulary_is_padded_and_padded_ids_are_never_sampled_or_exported(bpe_data_dir, tmp_path, capsys,
                                                                                 one_thread):
     from transformers import GPT2LMHeadModel

@@ -223,6 +223,7 @@ def test_attention_endpoint(client, model):
     assert long["offset"] == 80 - m.config.block_size and len(long["tokens"]) == m.config.block_size
 
 
+@pytest.mark.needs_gpt2
 def test_hugging_face_folder(tmp_path):
     from model.huggingface import load_pretrained
 
