@@ -82,7 +82,8 @@ def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_dat
     assert norm_accumulated == pytest.approx(norm_one, rel=1e-5)  # the summed gradient, not k times it
     for (name, p), q, p0 in zip(one.model.named_parameters(), accumulated.model.parameters(), before):
         assert not torch.equal(p, p0), name  # the step moved every weight
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
+        # 1e-5 is 1% of a first AdamW step at lr 1e-3: sums in another order may flip a near-zero gradient
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
