@@ -78,7 +78,9 @@ class GracefulStop:
         signum = agreed_max(self.signum or 0)
         if signum:
             self.signum = signum
-        return self.requested
+        # the agreed value, not the local flag: a signal landing after the all-reduce is this rank's
+        # alone until the next step's agreement, and a rank acting on it now would stop alone
+        return bool(signum)
 
     def check(self) -> None:
         """Raise StopRequested if a stop was requested: for loops that take long between training steps
