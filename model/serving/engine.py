@@ -1,12 +1,19 @@
-"""The decoding loop behind the server: one thread per model, every request's texts in one batch.
+"""The decoding loop behind the server: one thread for every model, every request's texts in one batch.
 
 Requests arrive on the web server's event loop; their texts ("choices": n per prompt) queue here and
 join the running batch (model/sampling/batch.py) at the next step, up to `max_batch` at once; each
 step samples one token per text, with that text's own temperature / top-k / top-p and random
 generator, and hands the new text to its request as an Event, on the request's event loop. A text
 leaves the batch when it ends (a stop string, the end-of-text token, max_tokens) or when its request
-is cancelled (the client went away). Other model work (attention maps, the prompt's log-probabilities)
-runs on the same thread between steps, so nothing else competes for the cores mid-step.
+is cancelled (the client went away). Other model work (loading, attention maps, the prompt's
+log-probabilities) runs on the same thread between steps, so nothing else competes for the cores mid-step.
+
+One thread runs all of it, for every model served (a DecodingThread shared by their Engines). Models
+served together share the cores anyway, and PyTorch's OpenMP runtime keeps a pool of worker threads
+for each thread that runs parallel work: with more pools alive than cores to run them, libgomp stops
+letting idle workers wait actively, and each of the hundreds of parallel regions in a decoding step
+then waits for sleeping workers to wake. So the models are also loaded on that thread, and the web
+server's threads do no tensor work.
 """
 
 from __future__ import annotations
@@ -132,46 +139,34 @@ class Choice:
         self.stopper: StopAtString | None = None
 
 
-class Engine:
-    """Runs one model's decoding on its own thread; see the module docstring."""
+class DecodingThread:
+    """The thread that runs every Engine's steps, and any other model work handed to `call`; see
+    the module docstring. It can be started again after stop()."""
 
-    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, batch_model: GPT | None = None):
-        self.model, self.tok, self.batch_model = model, tok, batch_model
-        self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.device = model.lm_head.weight.device
-        self.batch = RunningBatch(model, max_batch, batch_model)
-        self.waiting: deque[Choice] = deque()
-        self.active: list[Choice] = []
+    def __init__(self):
+        self.engines: list[Engine] = []
         self.tasks: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
         self.stopping = False
         # torch's thread count is per thread under OpenMP: the decoding thread takes its creator's
         self.threads = torch.get_num_threads()
-        self.steps = 0  # decoding steps run (each one forward pass for every active text)
-        self.peak = 0  # most texts decoded in one step
 
     def start(self) -> None:
-        if self.thread is None:
+        with self.wake:
+            if self.thread is not None:
+                return
             self.stopping = False
-            self.thread = threading.Thread(target=self._run, name="tinygpt-engine", daemon=True)
+            self.thread = threading.Thread(target=self._run, name="tinygpt-decoding", daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
         with self.wake:
             self.stopping = True
             self.wake.notify()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
-            self.thread = None
-
-    def submit(self, job: Job) -> None:
-        """Queue a request's texts; raises Busy when the queue has no room for them."""
-        with self.wake:
-            if len(self.waiting) + len(job.choices) > self.max_waiting:
-                raise Busy(f"{len(self.waiting)} texts are already waiting (at most {self.max_waiting})")
-            self.waiting.extend(job.choices)
-            self.wake.notify()
+            thread, self.thread = self.thread, None
+        if thread is not None:
+            thread.join(timeout=30)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run fn on the decoding thread between two steps; its result arrives in the future."""
@@ -181,37 +176,84 @@ class Engine:
             self.wake.notify()
         return future
 
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        while True:
+            with self.wake:
+                while not (self.stopping or self.tasks or any(e.busy() for e in self.engines)):
+                    self.wake.wait()
+                if self.stopping:
+                    break
+                tasks, self.tasks = list(self.tasks), deque()
+            for fn, future in tasks:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except Exception as e:  # the caller turns it into an error reply
+                        future.set_exception(e)
+            for engine in self.engines:
+                if engine.busy():
+                    engine.advance()
+        for engine in self.engines:
+            engine.fail_all("the server is shutting down")
+
+
+class Engine:
+    """One model's running batch and queue, stepped by a DecodingThread (its own unless one is given
+    to share); see the module docstring."""
+
+    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, batch_model: GPT | None = None,
+                 thread: DecodingThread | None = None):
+        self.model, self.tok, self.batch_model = model, tok, batch_model
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.device = model.lm_head.weight.device
+        self.batch = RunningBatch(model, max_batch, batch_model)
+        self.waiting: deque[Choice] = deque()
+        self.active: list[Choice] = []
+        self.thread = thread or DecodingThread()
+        self.thread.engines.append(self)
+        self.steps = 0  # decoding steps run (each one forward pass for every active text)
+        self.peak = 0  # most texts decoded in one step
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+    def submit(self, job: Job) -> None:
+        """Queue a request's texts; raises Busy when the queue has no room for them."""
+        with self.thread.wake:
+            if len(self.waiting) + len(job.choices) > self.max_waiting:
+                raise Busy(f"{len(self.waiting)} texts are already waiting (at most {self.max_waiting})")
+            self.waiting.extend(job.choices)
+            self.thread.wake.notify()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run fn, without autograd, on the decoding thread between two steps; its result arrives in the future."""
+        return self.thread.call(torch.inference_mode()(fn))
+
     def load(self) -> dict[str, int]:
         return {"active": len(self.active), "waiting": len(self.waiting), "steps": self.steps, "peak_batch": self.peak}
 
-    def _run(self) -> None:
-        torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            while True:
-                with self.wake:
-                    while not (self.stopping or self.waiting or self.tasks or self.active):
-                        self.wake.wait()
-                    if self.stopping:
-                        break
-                    tasks, self.tasks = list(self.tasks), deque()
-                for fn, future in tasks:
-                    if future.set_running_or_notify_cancel():
-                        try:
-                            future.set_result(fn())
-                        except Exception as e:  # the caller turns it into an error reply
-                            future.set_exception(e)
-                try:
-                    self._admit()
-                    self._step()
-                except Exception:
-                    log.exception("decoding failed; ending the texts being generated")
-                    self._fail_all("internal error while generating; see the server's log")
-        self._fail_all("the server is shutting down")
+    def busy(self) -> bool:
+        """Whether there are texts to admit or decode."""
+        return bool(self.waiting or self.active)
+
+    @torch.inference_mode()
+    def advance(self) -> None:
+        """Admit waiting texts and decode one token for each text in the batch (on the decoding thread)."""
+        try:
+            self._admit()
+            self._step()
+        except Exception:
+            log.exception("decoding failed; ending the texts being generated")
+            self.fail_all("internal error while generating; see the server's log")
 
     def _admit(self) -> None:
         """Move waiting texts into the batch while there is room (each joins with one prefill)."""
         while len(self.active) < self.max_batch:
-            with self.wake:
+            with self.thread.wake:
                 if not self.waiting:
                     return
                 choice = self.waiting.popleft()
@@ -267,8 +309,9 @@ class Engine:
         self.batch.leave(choice.sequence)
         self.active.remove(choice)
 
-    def _fail_all(self, message: str) -> None:
-        with self.wake:
+    def fail_all(self, message: str) -> None:
+        """End every text, waiting or being decoded, with an error event."""
+        with self.thread.wake:
             waiting, self.waiting = list(self.waiting), deque()
         for choice in self.active + waiting:
             choice.job.emit(Event(choice.index, error=message, tokens=0))

@@ -18,7 +18,7 @@ from model.huggingface import load_pretrained
 from model.nn.gpt import GPT
 from model.sampling.batch import batch_twin
 from model.sampling.generate import prepare_for_sampling
-from model.serving.engine import Engine
+from model.serving.engine import DecodingThread, Engine
 
 
 @dataclass
@@ -87,9 +87,13 @@ def load_served(
     batch_copy: bool = True,
 ) -> list[ServedModel]:
     """Load every source onto device, prepared for decoding: the C decoder on a CPU when c_decode,
-    and with batch_copy, a second copy of the weights laid out for batches (model/sampling/batch.py)."""
-    served = []
-    for source in sources:
+    and with batch_copy, a second copy of the weights laid out for batches (model/sampling/batch.py).
+    The models load on the decoding thread their engines share, which is left running (see
+    model/serving/engine.py for why all tensor work happens there)."""
+    thread = DecodingThread()
+    thread.start()
+
+    def load(source: Source) -> ServedModel:
         if source.hugging_face:
             model, tok = load_pretrained(source.path, device)
         else:
@@ -99,6 +103,11 @@ def load_served(
         if getattr(model, "fast_decoder", None) is not None and max_batch > 1 and batch_copy:
             # a lone text decodes in C from row-major weights; batches run faster on column-major ones
             batch_model = prepare_for_sampling(batch_twin(model), dtype, c_decode=False)
-        engine = Engine(model, tok, max_batch, max_waiting, batch_model)
-        served.append(ServedModel(source.id, model, tok, engine, int(time.time())))
-    return served
+        engine = Engine(model, tok, max_batch, max_waiting, batch_model, thread)
+        return ServedModel(source.id, model, tok, engine, int(time.time()))
+
+    try:
+        return [thread.call(lambda source=source: load(source)).result() for source in sources]
+    except BaseException:
+        thread.stop()
+        raise
