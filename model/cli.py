@@ -496,9 +496,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--c_decode", type=parse_bool, default=True,
                         help="on a CPU, decode a lone text's tokens in C (model/kernels/decode.py); False keeps PyTorch's ops")
-    parser.add_argument("--batch_copy", type=parse_bool, default=True,
-                        help="with the C decoder, keep a second copy of the weights laid out for batches of texts "
-                        "(faster batched decoding, twice the memory); False: one copy")
     parser.add_argument("--max_batch", type=int, default=8, help="texts decoded together (concurrent streams)")
     parser.add_argument("--max_waiting", type=int, default=64, help="texts queued for a place in the batch (then 429)")
     for name, text in limit_help.items():
@@ -531,7 +528,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     dtype = resolve_dtype(args.dtype, device)
     out_dirs = args.out_dir or ([] if args.runs or args.init_from else ["out"])
     sources = find_sources(out_dirs, args.runs, args.init_from)
-    served = load_served(sources, device, dtype, args.c_decode, args.max_batch, args.max_waiting, args.batch_copy)
+    served = load_served(sources, device, dtype, args.c_decode, args.max_batch, args.max_waiting)
     app = create_app(served, limits, api_key)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {', '.join(m.id for m in served)} at {where} (API: {where}v1; Ctrl-C stops)", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from model.nn.gpt import GPT
-from model.sampling.batch import RunningBatch, batch_twin
+from model.sampling.batch import RunningBatch
 from model.sampling.generate import generate, prepare_for_sampling
 from test_generate import peaky_gpt
 
@@ -17,10 +17,9 @@ def alone(model: GPT, prompt: list[int], n: int) -> list[int]:
     return [int(t) for t in generate(model, [prompt], n, temperature=0.0)]
 
 
-def run_schedule(model: GPT, schedule: list[tuple[int, list[int], int]], capacity: int,
-                 batch_model: GPT | None = None) -> list[list[int]]:
+def run_schedule(model: GPT, schedule: list[tuple[int, list[int], int]], capacity: int) -> list[list[int]]:
     """Greedy decoding of (join step, prompt, tokens) sequences through one RunningBatch."""
-    batch = RunningBatch(model, capacity, batch_model)
+    batch = RunningBatch(model, capacity)
     out: list[list[int]] = [[] for _ in schedule]
     live: dict = {}  # Sequence -> (index, next token)
     step = 0
@@ -46,15 +45,14 @@ def run_schedule(model: GPT, schedule: list[tuple[int, list[int], int]], capacit
     dict(),
     dict(pos_embedding="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False),
 ])
-@pytest.mark.parametrize("c_decode, twin", [(False, False), (True, False), (True, True)])
-def test_joining_and_leaving_equals_alone(shape, c_decode, twin):
+@pytest.mark.parametrize("c_decode", [False, True])
+def test_joining_and_leaving_equals_alone(shape, c_decode, monkeypatch):
+    import model.kernels.decode as decode
+
     model = peaky_gpt(**shape)
-    batch_model, twin_passes = None, []
-    if twin:
-        batch_model = prepare_for_sampling(batch_twin(model), c_decode=False)
-        twin_forward = batch_model.next_logits
-        batch_model.next_logits = lambda *args: twin_passes.append(1) or twin_forward(*args)
-    c_steps = []
+    c_steps, c_batch_products = [], []
+    rowdot = decode.rowdot
+    monkeypatch.setattr(decode, "rowdot", lambda w, x, *args: c_batch_products.append(x.size(0) > 1) or rowdot(w, x, *args))
     if c_decode:
         prepare_for_sampling(model)
         fast = getattr(model, "fast_decoder", None)  # None without a C compiler
@@ -70,13 +68,15 @@ def test_joining_and_leaving_equals_alone(shape, c_decode, twin):
         (9, list(range(1, 20)), 5),  # prompt longer than block_size
         (12, [2, 2], 5),  # joins a batch that others left: the padding they shared is gone
     ]
-    got = run_schedule(model, schedule, capacity=8, batch_model=batch_model)
+    got = run_schedule(model, schedule, capacity=8)
     expected = [alone(model, prompt, n) for _, prompt, n in schedule]
     assert got == expected
     assert len({t for tokens in expected for t in tokens}) > 3  # not one repeated token
     if getattr(model, "fast_decoder", None) is not None:
         assert c_steps  # a lone sequence decoded in C
-    assert bool(twin_passes) == twin  # prefills and batches through the twin
+        assert any(c_batch_products)  # and the batches' products of several rows too
+    else:
+        assert not c_batch_products
 
 
 def test_capacity_and_bad_steps():

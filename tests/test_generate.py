@@ -205,7 +205,7 @@ def test_sample_cli_bad_input_is_one_line(char_checkpoint, capsys, args, message
 
 @pytest.mark.needs_kernels
 def test_rowdot_decoding_matches_and_keeps_parameters():
-    from model.kernels.decode import RowDotLinear, use_rowdot
+    from model.kernels.decode import ROWDOT_MAX_ROWS, RowDotLinear, use_rowdot
 
     model = peaky_gpt(block_size=16)
     prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]]  # the second is past block_size
@@ -215,27 +215,30 @@ def test_rowdot_decoding_matches_and_keeps_parameters():
     assert isinstance(model.lm_head, RowDotLinear) and isinstance(model.transformer.h[0].mlp.c_fc, RowDotLinear)
     assert model.lm_head.weight is model.transformer.wte.weight and set(model.state_dict()) == names
     assert [greedy(model, [p], 20)[0] for p in prompts] == expected
-    assert greedy(model, prompts, 20) == expected  # batches (several rows) take the F.linear path
-    x = torch.randn(1, 1, 32)
+    assert greedy(model, prompts, 20) == expected  # a batch of rows
     layer = model.transformer.h[0].attn.c_attn
-    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    for shape in [(1, 1, 32), (3, 1, 32), (2, ROWDOT_MAX_ROWS + 1, 32)]:  # the last one takes F.linear
+        x = torch.randn(shape)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (67, 100), (5, 1000)])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 11])
 @pytest.mark.parametrize("bias", [True, False])
-def test_rowdot_kernel_equals_float32_product(dtype, shape, bias):
+def test_rowdot_kernel_equals_float32_product(dtype, shape, rows, bias):
     from model.kernels.build import library
     from model.kernels.decode import rowdot
 
     out, inp = shape
     weight = torch.randn(out, inp).to(dtype)
     b = torch.randn(out).to(dtype) if bias else None
-    x = torch.randn(inp)
+    x = torch.randn(rows, inp)
     expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
     y = rowdot(weight, x, b, library())
-    assert y.dtype == torch.float32 and y.shape == (out,)
+    assert y.dtype == torch.float32 and y.shape == (rows, out)
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5 * inp**0.5)
 
 

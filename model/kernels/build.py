@@ -164,7 +164,7 @@ def declare(lib: ctypes.CDLL) -> None:
     """The C signatures of the library's exported functions, as ctypes needs them."""
     P, I64, U64, U32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
     signatures = {
-        ("rowdot_f32", "rowdot_bf16"): [P] * 4 + [I64] * 2,
+        ("rowdot_f32", "rowdot_bf16"): [P] * 4 + [I64] * 3,
         ("dropout_f32", "dropout_bf16", "dropout_f32_to_bf16"): [P] * 2 + [I64, U64, U32, F32],
         ("dropout_add_f32", "dropout_add_bf16"): [P] * 3 + [I64, U64, U32, F32],
         ("gelu_tanh_f32", "gelu_tanh_bf16"): [P] * 3 + [I64],

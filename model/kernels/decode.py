@@ -40,19 +40,26 @@ from torch import Tensor
 from model.kernels import build
 
 
+ROWDOT_MAX_ROWS = 16
+"""RowDotLinear sends inputs of up to this many rows (tokens) to the C kernel: a decoding step of a
+batch of texts, or a short prompt. Longer inputs, whose products reuse each weight many times, go to
+PyTorch's matrix product."""
+
+
 def rowdot(weight: Tensor, x: Tensor, bias: Tensor | None, lib: ctypes.CDLL) -> Tensor:
-    """weight (out, in), float32 or bfloat16 and contiguous, times one row x (in,) -> (out,) float32."""
+    """weight (out, in), float32 or bfloat16 and contiguous, times each row of x (rows, in) -> (rows, out) float32."""
     fn = lib.rowdot_bf16 if weight.dtype == torch.bfloat16 else lib.rowdot_f32
     x = x.float().contiguous()
     b = None if bias is None else bias.float().contiguous()
-    y = torch.empty(weight.size(0), dtype=torch.float32)
-    fn(weight.data_ptr(), x.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), weight.size(0), weight.size(1))
+    y = torch.empty(x.size(0), weight.size(0), dtype=torch.float32)
+    fn(weight.data_ptr(), x.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), x.size(0), weight.size(0),
+       weight.size(1))
     return y
 
 
 class RowDotLinear(nn.Module):
-    """nn.Linear (same parameters, same names) whose one-row inputs go through the C row-dot kernel;
-    anything larger (a prompt, a batch) goes through F.linear as before."""
+    """nn.Linear (same parameters, same names) whose inputs of up to ROWDOT_MAX_ROWS rows go through
+    the C row-dot kernel; anything larger (a long prompt) goes through F.linear as before."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -62,10 +69,10 @@ class RowDotLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if (x.numel() != self.in_features or x.device.type != "cpu" or x.requires_grad or not w.is_contiguous()
-                or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
+        if (x.numel() > ROWDOT_MAX_ROWS * self.in_features or x.device.type != "cpu" or x.requires_grad
+                or not w.is_contiguous() or w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu"):
             return F.linear(x, w, self.bias)  # also after the model was moved or cast to another dtype
-        y = rowdot(w, x.reshape(-1), self.bias, build.library())  # (out,)
+        y = rowdot(w, x.reshape(-1, self.in_features), self.bias, build.library())  # (rows, out)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 

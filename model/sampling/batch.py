@@ -16,9 +16,7 @@ positions still count from each sequence's first real token, as in generate()'s 
   longer than that shifts every row right first. The running rows wait for that one prefill.
 - step: each row's newest token goes through the model as one (B, 1) batch, extending the caches
   by one column; with a single row and no padding, a batch-1 step in C (prepare_for_sampling's
-  decoder) does it instead, as in generate(). The C step wants row-major weights, while a CPU's
-  matrix products of a few rows run faster on column-major ones (see prepare_for_sampling), so the
-  batched passes may go through `batch_model`, the same weights laid out for them.
+  decoder) does it instead, as in generate().
 - leave: the last row moves into the freed one, and padding every row shares is shifted out.
 
 A sequence whose context is full (block_size tokens) slides, as in generate(): from then on its
@@ -45,15 +43,12 @@ class Sequence:
 
 class RunningBatch:
     """Decode any number of sequences together, each joining and leaving at any step; `capacity`
-    bounds how many are in the batch at once (the caches grow up to it as sequences join).
-    batch_model, if given, holds the same weights as model and computes every pass but the C
-    decoder's (prefills, batched steps, sliding windows)."""
+    bounds how many are in the batch at once (the caches grow up to it as sequences join)."""
 
-    def __init__(self, model: GPT, capacity: int, batch_model: GPT | None = None):
+    def __init__(self, model: GPT, capacity: int):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.model = model
-        self.batch_model = batch_model or model
         self.capacity = capacity
         self.block_size = model.config.block_size
         self.cached: list[Sequence] = []  # in row order
@@ -93,7 +88,7 @@ class RunningBatch:
         if start > 0:
             pad = torch.arange(self.length, device=self.keys[0].device)[None, :] < start  # (1, length)
         ids = torch.tensor([seq.tokens], dtype=torch.long, device=self.keys[0].device)  # (1, P)
-        logits = self.batch_model.next_logits(ids, pad, caches)[0]  # (vocab,)
+        logits = self.model.next_logits(ids, pad, caches)[0]  # (vocab,)
         seq.row = row
         self.cached.append(seq)
         self.pad.append(start)
@@ -142,7 +137,7 @@ class RunningBatch:
             if any(self.pad):
                 pads = torch.tensor(self.pad, device=device)[:, None]  # (n, 1)
                 pad = torch.arange(self.length + 1, device=device)[None, :] < pads  # (n, length + 1)
-            logits = self.batch_model.next_logits(ids, pad, caches)  # (n, vocab)
+            logits = self.model.next_logits(ids, pad, caches)  # (n, vocab)
         self.length += 1
         return logits
 
@@ -150,7 +145,7 @@ class RunningBatch:
         """Logits (len(seqs), vocab) from each sequence's last block_size tokens, without a cache."""
         device = self.model.lm_head.weight.device
         ids = torch.tensor([s.tokens[-self.block_size:] for s in seqs], dtype=torch.long, device=device)
-        return self.batch_model.next_logits(ids)
+        return self.model.next_logits(ids)
 
     def _caches(self, rows: slice, length: int) -> list[KVCache]:
         """KV caches over the given rows of the shared buffers, holding `length` columns."""
@@ -207,10 +202,3 @@ class RunningBatch:
         elif min(self.pad) > 0:  # padding every row has only costs attention time
             self._shift(-min(self.pad))
 
-
-def batch_twin(model: GPT) -> GPT:
-    """A new GPT holding model's weights, in eval mode, to be laid out for batched passes (see
-    RunningBatch); it costs as much memory as the model."""
-    twin = GPT(model.config).to(model.lm_head.weight.device)
-    twin.load_state_dict(model.state_dict())
-    return twin.eval()

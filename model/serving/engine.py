@@ -202,12 +202,11 @@ class Engine:
     """One model's running batch and queue, stepped by a DecodingThread (its own unless one is given
     to share); see the module docstring."""
 
-    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, batch_model: GPT | None = None,
-                 thread: DecodingThread | None = None):
-        self.model, self.tok, self.batch_model = model, tok, batch_model
+    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, thread: DecodingThread | None = None):
+        self.model, self.tok = model, tok
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.device = model.lm_head.weight.device
-        self.batch = RunningBatch(model, max_batch, batch_model)
+        self.batch = RunningBatch(model, max_batch)
         self.waiting: deque[Choice] = deque()
         self.active: list[Choice] = []
         self.thread = thread or DecodingThread()
@@ -316,4 +315,4 @@ class Engine:
         for choice in self.active + waiting:
             choice.job.emit(Event(choice.index, error=message, tokens=0))
         self.active = []
-        self.batch = RunningBatch(self.model, self.max_batch, self.batch_model)  # whatever state the failure left
+        self.batch = RunningBatch(self.model, self.max_batch)  # whatever state the failure left

@@ -16,7 +16,6 @@ from model.checkpoint import BEST, LATEST, load_model
 from model.errors import TinyGPTError
 from model.huggingface import load_pretrained
 from model.nn.gpt import GPT
-from model.sampling.batch import batch_twin
 from model.sampling.generate import prepare_for_sampling
 from model.serving.engine import DecodingThread, Engine
 
@@ -84,10 +83,8 @@ def find_sources(out_dirs: list[str], runs_dirs: list[str], init_from: list[str]
 
 def load_served(
     sources: list[Source], device: str, dtype: torch.dtype, c_decode: bool, max_batch: int, max_waiting: int,
-    batch_copy: bool = True,
 ) -> list[ServedModel]:
-    """Load every source onto device, prepared for decoding: the C decoder on a CPU when c_decode,
-    and with batch_copy, a second copy of the weights laid out for batches (model/sampling/batch.py).
+    """Load every source onto device, prepared for decoding (the C kernels on a CPU when c_decode).
     The models load on the decoding thread their engines share, which is left running (see
     model/serving/engine.py for why all tensor work happens there)."""
     thread = DecodingThread()
@@ -99,11 +96,7 @@ def load_served(
         else:
             model, tok, _ = load_model(source.path, device)
         prepare_for_sampling(model, dtype, c_decode=c_decode)
-        batch_model = None
-        if getattr(model, "fast_decoder", None) is not None and max_batch > 1 and batch_copy:
-            # a lone text decodes in C from row-major weights; batches run faster on column-major ones
-            batch_model = prepare_for_sampling(batch_twin(model), dtype, c_decode=False)
-        engine = Engine(model, tok, max_batch, max_waiting, batch_model, thread)
+        engine = Engine(model, tok, max_batch, max_waiting, thread)
         return ServedModel(source.id, model, tok, engine, int(time.time()))
 
     try:
