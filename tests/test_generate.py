@@ -16,7 +16,6 @@ from model.kernels import build
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
-needs_kernels = pytest.mark.needs_kernels
 
 
 def peaky_gpt(seed: int = 0, **shape) -> GPT:
