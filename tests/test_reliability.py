@@ -234,6 +234,20 @@ def test_evaluation_sample_and_full_validation_check_for_a_stop_request(trained,
     assert len(count) == 5
 
 
+def test_a_huge_eval_iters_allocates_nothing_for_it(trained, char_data_dir):
+    """The loss estimate keeps a running sum: one float per batch of 10**12 would need terabytes
+    before the first batch; this evaluation starts at once and stops at the second batch's check."""
+    from model.data.dataset import TokenDataset
+    from model.training.evaluate import estimate_loss
+
+    model, _, _ = checkpoint.load_model(trained / "ckpt.pt")
+    dataset = TokenDataset(char_data_dir / "tiny")
+    check, count = stop_after(2)
+    with pytest.raises(StopRequested):
+        estimate_loss(model, dataset, 1, 8, 10**12, contextlib.nullcontext(), "cpu", 0, check_stop=check)
+    assert len(count) == 2
+
+
 @pytest.mark.parametrize("eval_only", [False, True], ids=["training", "eval_only"])
 def test_a_signal_during_the_first_evaluation_stops_before_any_step(char_data_dir, tmp_path, eval_only):
     out = tmp_path / "out"
