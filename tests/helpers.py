@@ -17,9 +17,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from model.nn.gpt import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -27,6 +32,14 @@ SHARED = ROOT.parent / "shared"
 
 GPT2_LOAD_TIMEOUT = 30.0
 """Seconds to wait for tiktoken to find or download GPT-2's files before the tests needing them skip."""
+
+CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""The vocabulary of peaky_gpt's character-level models."""
+
+# A lone subprocess on a shared 2-core machine is much faster with one thread than fighting for two.
+SUBPROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+"""What start() adds to the environment of the programs it runs: unbuffered output (read line by
+line) and one thread."""
 
 
 def shakespeare_path() -> Path:
@@ -89,6 +102,51 @@ def tiny_overrides(data_dir: Path, out_dir: Path, **extra) -> dict:
     )
     values.update(extra)
     return {k: str(v) for k, v in values.items()}
+
+
+def flags(values: dict) -> list[str]:
+    """Command-line flags (--key=value) for config values."""
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def run_forever(data_dir: Path, out_dir: Path, **extra) -> list[str]:
+    """Flags for a tiny run that never ends on its own (log a line every iteration)."""
+    values = tiny_overrides(data_dir, out_dir, max_iters=10**6, lr_decay_iters=10**6, log_interval=1, **extra)
+    return flags(values)
+
+
+def start(script: str, *args: str) -> subprocess.Popen:
+    """Start a program of the project (train.py, sample.py) with its stdout and stderr piped."""
+    env = {**os.environ, **SUBPROCESS_ENV}
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
+    """Read proc's stdout up to the first line starting with prefix and return it."""
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+        assert time.time() < deadline, f"no line starting with {prefix!r} in {timeout}s"
+    raise AssertionError(f"process ended (status {proc.wait()}) before printing {prefix!r}: {proc.stderr.read()}")
+
+
+def peaky_gpt(seed: int = 0, **shape) -> GPT:
+    """A random GPT whose next-token distributions are far from uniform, so greedy choices are
+    clear-cut and a real difference in the computation (not rounding) is what changes them."""
+    from model.config import GPTConfig
+    from model.nn.gpt import GPT
+
+    torch.manual_seed(seed)
+    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(CHARS))
+    values.update(shape)
+    model = GPT(GPTConfig(**values))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.5)
+    return model.eval()
 
 
 def train_losses(out_dir: Path) -> dict[int, float]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import peaky_gpt
 from model.nn.gpt import GPT
 from model.sampling.batch import RunningBatch
 from model.sampling.generate import generate, prepare_for_sampling
-from test_generate import peaky_gpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

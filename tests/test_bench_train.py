@@ -7,8 +7,7 @@ import json
 import pytest
 
 from model.bench import train as bench
-from model.config import GPTConfig, from_dict
-from model.nn.gpt import GPT
+from model.config import from_dict
 from model.nn.report import flops_per_token
 from model.training.metrics import read_metrics
 from helpers import tiny_overrides

@@ -10,8 +10,6 @@ import torch
 from model.kernels.ops import dropout, dropout_add
 from model.nn.layers import Dropout
 
-needs_kernels = pytest.mark.needs_kernels
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.needs_kernels)])
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -24,7 +22,7 @@ def test_drops_the_right_fraction_and_scales_the_rest(dtype, p):
     assert torch.equal(y[kept], expected[kept])
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_neighbours_are_dropped_independently():
     kept = (dropout(torch.ones(2_000_000), 0.5) != 0).float()
     for shift in (1, 2, 64, 1024):
@@ -32,7 +30,7 @@ def test_neighbours_are_dropped_independently():
         assert abs(corr) < 0.005, shift
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_backward_uses_the_forward_mask():
     x = torch.randn(300, 77, requires_grad=True)
     y = dropout(x, 0.3)
@@ -40,7 +38,7 @@ def test_backward_uses_the_forward_mask():
     assert torch.equal(x.grad, (y != 0).float() * 2.0 / 0.7)
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_manual_seed_repeats_the_mask_and_calls_differ():
     x = torch.ones(10_000)
     torch.manual_seed(3)

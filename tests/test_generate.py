@@ -5,32 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import CHARS, peaky_gpt
 from model.checkpoint import model_state, save_checkpoint
 from model.cli import sample_main
-from model.config import GPTConfig
 from model.sampling.generate import StopAtString, generate, generate_text, left_pad, prepare_for_sampling, sample_next
 from model.nn.gpt import GPT, positions
 from model.data.tokenizer import CharTokenizer
 from model.kernels import build
 
-CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
-needs_kernels = pytest.mark.needs_kernels
-
-
-def peaky_gpt(seed: int = 0, **shape) -> GPT:
-    """A random GPT whose next-token distributions are far from uniform, so greedy choices are
-    clear-cut and a real difference in the computation (not rounding) is what changes them."""
-    torch.manual_seed(seed)
-    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(CHARS))
-    values.update(shape)
-    model = GPT(GPTConfig(**values))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(std=0.5)
-    return model.eval()
 
 
 def greedy(model: GPT, prompts, n: int, use_cache: bool = True) -> list[list[int]]:

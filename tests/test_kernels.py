@@ -21,7 +21,6 @@ from model.kernels import build, ops
 from model.nn.gpt import GPT
 from helpers import ROOT
 
-needs_kernels = pytest.mark.needs_kernels
 TOLERANCE = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
 
 
@@ -35,7 +34,7 @@ def kernels_off(monkeypatch):
     monkeypatch.setenv("TINYGPT_KERNELS", "0")
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gelu_matches_pytorch_forward_and_backward(dtype):
     x = torch.cat([torch.randn(100_000) * 3, torch.tensor([0.0, 1e-4, -1e-4, -12.0, 12.0, -100.0, 100.0, 3e38])])
@@ -69,7 +68,7 @@ def reference_weights(scores, scale, causal):
     return F.softmax((scores * scale).masked_fill(~visible, float("-inf")), dim=-1), visible
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,S,causal", [(70, 70, True), (5, 41, True), (1, 9, True), (33, 33, False), (3, 40, False)])
 def test_attention_probs_match_masked_softmax(dtype, T, S, causal):
@@ -86,7 +85,7 @@ def test_attention_probs_match_masked_softmax(dtype, T, S, causal):
     assert (att[..., ~visible] == 0).all() and (scores.grad[..., ~visible] == 0).all()
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_attention_dropout_drops_weights_and_their_gradient(dtype):
     p = 0.3
@@ -104,7 +103,7 @@ def test_attention_dropout_drops_weights_and_their_gradient(dtype):
     torch.testing.assert_close(scores.grad.double(), reference.grad, **TOLERANCE[dtype])
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_attention_dropout_repeats_under_manual_seed():
     scores = torch.randn(2, 2, 32, 32)
     torch.manual_seed(5)
@@ -130,7 +129,7 @@ def test_attention_probs_take_pytorchs_steps_where_the_kernel_doesnt_apply(monke
     assert not made_by(ops.attention_probs(scores, 0.5, None, 0.0), "attention_probs")
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("autocast", [False, True])
 def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
     from model.kernels.linear import fused_bias_linear_available
@@ -155,7 +154,7 @@ def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
     assert made_by(ours(x), "linear") == fused_bias_linear_available()  # the fused path ran where it exists
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("bias", [True, False])
 def test_layernorm_to_bf16_matches_pytorch_under_autocast(bias):
     from model.nn.layers import LayerNorm
@@ -206,7 +205,7 @@ def loss_and_grads(model: GPT, idx: torch.Tensor, autocast: bool, step=None) -> 
     return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_a_gpt_trains_the_same_with_the_kernels_on_and_off(architecture, autocast, monkeypatch):
@@ -227,7 +226,7 @@ def test_a_gpt_trains_the_same_with_the_kernels_on_and_off(architecture, autocas
         torch.testing.assert_close(a, b, **tolerance)
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_training_step_compiles_whole_through_the_custom_ops(architecture, autocast):
@@ -263,7 +262,7 @@ def test_training_step_compiles_whole_through_the_custom_ops(architecture, autoc
     assert expected <= seen
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_meta_device_and_flop_counter_trace_through_the_custom_ops():
     from torch.profiler import profile
     from torch.utils.flop_counter import FlopCounterMode
@@ -400,7 +399,7 @@ def test_a_compiler_that_hangs_times_out(monkeypatch, tmp_path, capsys):
     assert "timed out" in log.read_text() and str(log) in capsys.readouterr().err
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_the_build_is_cached(monkeypatch, tmp_path):
     import shutil
 
@@ -414,7 +413,7 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
     assert shutil.which(compiler) or os.path.exists(compiler)
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 def test_the_decode_structs_match_the_c_ones():
     import ctypes
 
@@ -432,7 +431,7 @@ def test_the_decode_structs_match_the_c_ones():
     assert mirror_layout(layer=LayerWithNarrowerPointers) != c_layout(build.library())
 
 
-@needs_kernels
+@pytest.mark.needs_kernels
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_kernel_benchmark_prints_every_row(dtype, capsys):
     from model.bench import kernels as bench

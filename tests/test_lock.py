@@ -7,19 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import tiny_overrides
+from helpers import flags, run_forever, start, tiny_overrides, wait_for_line
 from model.cli import train_main
 from model.training import lock as lock_module
 from model.training.lock import LOCK_NAME, OutDirLock
-from test_reliability import run_forever, start, wait_for_line
-
-
-def flags(values: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in values.items()]
 
 
 def one_error_line(capsys) -> str:

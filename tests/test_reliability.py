@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, tiny_overrides
+from helpers import run_forever, start, tiny_overrides, wait_for_line
 from model import checkpoint
 from model.config import GPTConfig, TrainConfig, load_config
 from model.errors import Interrupted, TinyGPTError
@@ -24,32 +24,6 @@ from model.nn.gpt import GPT
 from model.nn.report import count_parameters
 from model.training.signals import GracefulStop, StopRequested
 from model.training.trainer import Trainer, train
-
-# A lone subprocess on a shared 2-core machine is much faster with one thread than fighting for two.
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def flags(values: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in values.items()]
-
-
-def start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
-    deadline = time.time() + timeout
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            return line
-        assert time.time() < deadline, f"no line starting with {prefix!r} in {timeout}s"
-    raise AssertionError(f"process ended (status {proc.wait()}) before printing {prefix!r}: {proc.stderr.read()}")
-
-
-def run_forever(data_dir: Path, out_dir: Path, **extra) -> list[str]:
-    values = tiny_overrides(data_dir, out_dir, max_iters=10**6, lr_decay_iters=10**6, log_interval=1, **extra)
-    return flags(values)
 
 
 # -- signals --------------------------------------------------------------------------------------
@@ -258,6 +232,20 @@ def test_evaluation_sample_and_full_validation_check_for_a_stop_request(trained,
     with pytest.raises(StopRequested):
         estimate_loss(model, dataset, 1, 8, 10**6, ctx, "cpu", 0, check_stop=check)
     assert len(count) == 5
+
+
+def test_a_huge_eval_iters_allocates_nothing_for_it(trained, char_data_dir):
+    """The loss estimate keeps a running sum: one float per batch of 10**12 would need terabytes
+    before the first batch; this evaluation starts at once and stops at the second batch's check."""
+    from model.data.dataset import TokenDataset
+    from model.training.evaluate import estimate_loss
+
+    model, _, _ = checkpoint.load_model(trained / "ckpt.pt")
+    dataset = TokenDataset(char_data_dir / "tiny")
+    check, count = stop_after(2)
+    with pytest.raises(StopRequested):
+        estimate_loss(model, dataset, 1, 8, 10**12, contextlib.nullcontext(), "cpu", 0, check_stop=check)
+    assert len(count) == 2
 
 
 @pytest.mark.parametrize("eval_only", [False, True], ids=["training", "eval_only"])

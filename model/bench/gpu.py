@@ -18,6 +18,7 @@ Everything is printed side by side and written to OUT/gpu.json. Without a GPU (a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import shutil
@@ -99,12 +100,10 @@ def train_ours(shape: Shape, device: str, work: Path) -> dict[str, Any]:
     trainer = Trainer(*load_config(None, {k: str(v) for k, v in values.items()}), quiet=True)
     seconds = time_steps(lambda: trainer.train_step(6e-4)[0], device, shape.warmup, shape.steps)
     tokens_per_sec = shape.batch_size * shape.block_size / seconds
-    result = {"name": "tinygpt", "dtype": str(trainer.dtype).split(".")[-1], "compile": trainer.compile,
-              "vocab_rows": trainer.model_config.vocab_size, "tokens_per_sec": tokens_per_sec,
-              "seconds_per_step": seconds, "flops_per_token": trainer.mfu.flops_per_token,
-              "peak_flops": trainer.mfu.peak_flops, "mfu": trainer.mfu(tokens_per_sec)}
-    del trainer
-    return result
+    return {"name": "tinygpt", "dtype": str(trainer.dtype).split(".")[-1], "compile": trainer.compile,
+            "vocab_rows": trainer.model_config.vocab_size, "tokens_per_sec": tokens_per_sec,
+            "seconds_per_step": seconds, "flops_per_token": trainer.mfu.flops_per_token,
+            "peak_flops": trainer.mfu.peak_flops, "mfu": trainer.mfu(tokens_per_sec)}
 
 
 def hf_gpt2(shape: Shape):
@@ -142,7 +141,6 @@ def train_reference(shape: Shape, device: str, dtype: torch.dtype, compile: bool
 
     seconds = time_steps(step, device, shape.warmup, shape.steps)
     tokens_per_sec = shape.batch_size * shape.block_size / seconds
-    del model, optimizer, forward
     return {"name": "transformers GPT2LMHeadModel (sdpa)", "dtype": str(dtype).split(".")[-1], "compile": compile,
             "vocab_rows": GPT2_VOCAB, "tokens_per_sec": tokens_per_sec, "seconds_per_step": seconds,
             "flops_per_token": flops_per_token, "peak_flops": peak_flops,
@@ -194,9 +192,7 @@ def gpu_tests(device: str) -> dict[str, Any]:
         return {"status": "skipped: they need a GPU"}
     if not (ROOT / "tests" / "test_gpu.py").is_file():
         return {"status": "skipped: tests/ is not here (run from the source tree)"}
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pytest") is None:
         return {"status": "skipped: pytest is not installed"}
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",

@@ -30,18 +30,17 @@ def estimate_loss(
     out = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
-        losses = torch.zeros(eval_iters)
-        n_bytes = 0
-        for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch", quiet=quiet):
+        loss_sum, n_bytes = 0.0, 0  # a running sum: memory stays the same for any eval_iters
+        for _ in progress(range(eval_iters), desc=f"eval {split}", unit="batch", quiet=quiet):
             if check_stop is not None:
                 check_stop()
             x, y = dataset.get_batch(split, batch_size, block_size, generator)
             n_bytes += int(dataset.byte_lengths[y].sum())
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
-        out[f"{split}_bpb"] = bits_per_byte(losses.sum().item() * y.numel(), n_bytes)  # every batch has y.numel() targets
+            loss_sum += loss.item()
+        out[split] = loss_sum / eval_iters
+        out[f"{split}_bpb"] = bits_per_byte(loss_sum * y.numel(), n_bytes)  # every batch has y.numel() targets
     model.train(was_training)
     return out
 
