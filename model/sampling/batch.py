@@ -57,7 +57,8 @@ class RunningBatch:
         self.length = 0  # shared columns in use
         self.keys: list[Tensor] = []  # per layer (rows, nh, block_size, hs)
         self.values: list[Tensor] = []
-        self.fast = getattr(model, "fast_decoder", None)
+        fast = getattr(model, "fast_decoder", None)  # the C decoder, if it still fits the model's weights
+        self.fast = fast if fast is not None and fast.matches(model) else None
 
     def __len__(self) -> int:
         return len(self.cached) + len(self.sliding)
@@ -127,8 +128,7 @@ class RunningBatch:
         """One new token per cached row -> logits (rows, vocab)."""
         n = len(self.cached)
         caches = self._caches(slice(0, n), self.length)
-        if n == 1 and self.pad[0] == 0 and self.fast is not None and self.fast.matches(self.model) \
-                and self.fast.usable(caches):
+        if n == 1 and self.pad[0] == 0 and self.fast is not None and self.fast.usable(caches):
             logits = self.fast.step(last[0], caches).clone()  # (1, vocab); its buffer is reused
         else:
             device = self.keys[0].device
