@@ -239,6 +239,32 @@ def test_hugging_face_folder(tmp_path):
         assert client.post("/v1/attention", json={"prompt": "Hello world"}).json()["tokens"] == ["Hello", " world"]
 
 
+def test_models_served_together_share_the_thread_that_loaded_them(tmp_path, run, model, monkeypatch):
+    import shutil
+    import threading
+
+    from model.serving import models
+
+    loaded_on = []
+    load_model = models.load_model
+    monkeypatch.setattr(models, "load_model",
+                        lambda *args: loaded_on.append(threading.current_thread().name) or load_model(*args))
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    app, served = serve([run, twin])
+    thread = served[0].engine.thread
+    assert served[1].engine.thread is thread  # one thread does all the tensor work
+    assert loaded_on == [thread.thread.name] * 2 and thread.thread is not threading.current_thread()
+    m, tok = model
+    expected = "".join(text for _, text in generate_text(m, tok, [tok.encode(PROMPT)], 20, temperature=0))
+    with TestClient(app) as client:
+        ids = [d["id"] for d in client.get("/v1/models").json()["data"]]
+        assert ids == [run.name, "twin"]
+        for name in ids:
+            choice = complete(client, model=name, prompt=PROMPT, max_tokens=20, temperature=0)["choices"][0]
+            assert choice["text"] == expected
+
+
 # -- several clients, disconnects ------------------------------------------------------------------
 
 
