@@ -6,7 +6,9 @@ stream from memory. PyTorch hands F.linear on a one-row input to the BLAS as a m
 on a CPU reaches a fraction of the memory bandwidth. `rowdot` (model/kernels/decode.c) computes the
 same product as one loop over the rows of W, split across the cores, each row a vectorised dot product
 with x: the access pattern that keeps every core's memory stream busy. bf16 weights are widened to
-float32 in registers, so they halve the bytes read and still accumulate in float32.
+float32 in registers, so they halve the bytes read and still accumulate in float32. A few rows at
+once (a decoding step of a batch of texts, a short prompt) go the same way, each weight row read
+once for all of them (RowDotLinear, up to ROWDOT_MAX_ROWS rows).
 
 What is left of a batch-1 decoding step in PyTorch is then about twenty small ops per layer (norms,
 attention over the cache, GELU, residual adds), each paying PyTorch's per-op dispatch for almost no
@@ -14,7 +16,7 @@ arithmetic. `decode_step` in decode.c runs the same network for one token as pla
 row-dot products, reading and extending the KV caches that the PyTorch prefill of the prompt filled.
 model/sampling/generate.py uses it for batch-1 decoding when prepare_for_sampling has attached one
 (`model.fast_decoder`); prompts, batches, padding and the sliding window past block_size stay on the
-PyTorch path.
+PyTorch path, with RowDotLinear's products.
 
 Every architecture option of GPTConfig is covered (LayerNorm or RMSNorm, GELU or ReLU², learned or
 rotary positions, QK-norm, biases or none, tied or untied head) for float32 and bfloat16 models.

@@ -64,14 +64,15 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decod
     returns the model in eval mode.
 
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
-    the weights stream from memory. On a CPU, with c_decode (the default), one-row products go through
-    the C row-dot kernels, which read the weights at close to the memory bandwidth, and a batch-1
-    decoding step runs whole in C, without PyTorch's per-op overhead between the products
-    (model/kernels/decode.py). Where those can't be built or are switched off (TINYGPT_KERNELS=0), or
-    with c_decode=False, every linear layer's weight is stored transposed in memory (column-major)
-    instead: PyTorch computes F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed
-    view that the CPU BLAS reads at a fraction of the bandwidth, while with W column-major, W.t() is a
-    plain row-major (in, out) matrix whose product streams faster. Shapes, names and results are
+    the weights stream from memory. On a CPU, with c_decode (the default), products of up to 16 rows
+    (a batch's decoding step, a short prompt) go through the C row-dot kernels, which read each weight
+    once for all the rows, at close to the memory bandwidth, and a batch-1 decoding step runs whole
+    in C, without PyTorch's per-op overhead between the products (model/kernels/decode.py). Where
+    those can't be built or are switched off (TINYGPT_KERNELS=0), or with c_decode=False, every
+    linear layer's weight is stored transposed in memory (column-major) instead: PyTorch computes
+    F.linear(x, W) as x @ W.t(), and with W row-major that is a transposed view that the CPU BLAS
+    reads at a fraction of the bandwidth, while with W column-major, W.t() is a plain row-major
+    (in, out) matrix whose product streams faster. Shapes, names and results are
     unchanged either way (only the summation order inside a product may differ in the last bits).
     """
     model.to(dtype).eval()
