@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+from helpers import CHARS
 
 
 def make_run(out_dir: Path, seed: int = 0, block_size: int = 32) -> Path:

@@ -10,7 +10,7 @@ from model.bench import train as bench
 from model.config import from_dict
 from model.nn.report import flops_per_token
 from model.training.metrics import read_metrics
-from helpers import tiny_overrides
+from helpers import flags, tiny_overrides
 
 
 def test_time_to_loss_is_the_first_crossing():
@@ -31,10 +31,6 @@ def test_curve_gap():
     assert same["mean_abs_gap"] == 0 and same["final_gap"] == 0 and same["noise_a"] > 0.03
     shifted = bench.curve_gap(a, [(i, x - 0.2) for i, x in a])
     assert shifted["mean_abs_gap"] == pytest.approx(0.2) and shifted["final_gap"] == pytest.approx(0.2)
-
-
-def flags(values: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in values.items()]
 
 
 def test_bench_reports_time_to_target(char_data_dir, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import flags, tiny_overrides
 from model.cli import prepare_main, sample_main, train_main
 from model.config import GPTConfig
 from model.nn.report import Report
@@ -22,10 +22,6 @@ from model.nn.report import Report
 
 def vocab_size(data_dir: Path) -> int:
     return json.loads((data_dir / "tiny" / "meta.json").read_text())["vocab_size"]
-
-
-def flags(values: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in values.items()]
 
 
 def fails_with_one_line(capsys, main, argv: list[str], *expected: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import final_weights, run_torchrun, tiny_overrides, train_losses
+from helpers import final_weights, flags, run_torchrun, tiny_overrides, train_losses
 from model.checkpoint import load_checkpoint
 from model.cli import train_main
 from model.config import load_config
@@ -62,10 +62,6 @@ def test_resume_is_exact_per_rank_under_torchrun(tmp_path: Path, char_data_dir: 
 
 
 # -- what a resumed run takes from its checkpoint -----------------------------------------------
-def flags(values: dict) -> list[str]:
-    return [f"--{k}={v}" for k, v in values.items()]
-
-
 def logged_lr(out_dir: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["iter"]: r["lr"] for r in records if "lr" in r}
