@@ -181,21 +181,23 @@ class BodyLimit:
 
 
 def create_app(served: list[ServedModel], limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
-    """The server's app. The engines' threads run while the app does (its lifespan)."""
+    """The server's app. The engines' decoding thread runs while the app does (its lifespan)."""
     if not served:
         raise TinyGPTError("no model to serve")
     limits = limits or Limits()
     models = {m.id: m for m in served}
 
+    threads = list({id(m.engine.thread): m.engine.thread for m in served}.values())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for m in served:
-            m.engine.start()
+        for thread in threads:
+            thread.start()
         try:
             yield
         finally:
-            for m in served:
-                m.engine.stop()
+            for thread in threads:
+                thread.stop()
 
     app = FastAPI(title="tinygpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -199,26 +199,20 @@ class DecodingThread:
 
 
 class Engine:
-    """One model's running batch and queue, stepped by a DecodingThread (its own unless one is given
-    to share); see the module docstring."""
+    """One model's running batch and queue, stepped by the DecodingThread that every served model
+    shares; see the module docstring."""
 
-    def __init__(self, model: GPT, tok, max_batch: int = 8, max_waiting: int = 64, thread: DecodingThread | None = None):
+    def __init__(self, model: GPT, tok, thread: DecodingThread, max_batch: int = 8, max_waiting: int = 64):
         self.model, self.tok = model, tok
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.device = model.lm_head.weight.device
         self.batch = RunningBatch(model, max_batch)
         self.waiting: deque[Choice] = deque()
         self.active: list[Choice] = []
-        self.thread = thread or DecodingThread()
-        self.thread.engines.append(self)
+        self.thread = thread
+        thread.engines.append(self)
         self.steps = 0  # decoding steps run (each one forward pass for every active text)
         self.peak = 0  # most texts decoded in one step
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.thread.stop()
 
     def submit(self, job: Job) -> None:
         """Queue a request's texts; raises Busy when the queue has no room for them."""

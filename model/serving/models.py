@@ -96,7 +96,7 @@ def load_served(
         else:
             model, tok, _ = load_model(source.path, device)
         prepare_for_sampling(model, dtype, c_decode=c_decode)
-        engine = Engine(model, tok, max_batch, max_waiting, thread)
+        engine = Engine(model, tok, thread, max_batch, max_waiting)
         return ServedModel(source.id, model, tok, engine, int(time.time()))
 
     try:
