@@ -353,26 +353,14 @@ def test_a_stop_request_on_any_rank_stops_every_rank():
         time.sleep(0.05)
 
 
-def test_pyproject_torch_floor_covers_the_apis_the_gpu_paths_use():
-    """Each API with the release that made it public; the floor in pyproject.toml must cover them all."""
-    import importlib
-
-    apis = {
-        "torch.distributed.fsdp.fully_shard": (2, 6),
-        "torch.distributed.fsdp.MixedPrecisionPolicy": (2, 6),
-        "torch.distributed.fsdp.register_fsdp_forward_method": (2, 6),
-        "torch.nn.utils.get_total_norm": (2, 6),
-        "torch.distributed.checkpoint.state_dict.set_model_state_dict": (2, 4),
-        "torch.amp.GradScaler": (2, 3),
-        "torch.get_autocast_dtype": (2, 4),
-    }
-    for path, _ in apis.items():
-        module, name = path.rsplit(".", 1)
-        assert hasattr(importlib.import_module(module), name), path
-    assert "including_emulation" in torch.cuda.is_bf16_supported.__code__.co_varnames
+def test_pyproject_torch_floor_admits_the_gpu_benchmark_machines_release():
+    """`python -m model.bench gpu` runs where PyTorch 2.11 is installed (docs/gpu.md, "Installing PyTorch"), so the floor in
+    pyproject.toml must admit 2.11, and no upper bound may shut out newer releases."""
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    floor = next(re.fullmatch(r"torch>=(\d+)\.(\d+)", d.replace(" ", "")) for d in dependencies if d.startswith("torch"))
-    assert (int(floor[1]), int(floor[2])) >= max(apis.values())
+    torch_spec = next(d.replace(" ", "") for d in dependencies if re.match(r"torch\b", d))
+    floor = re.fullmatch(r"torch>=(\d+)\.(\d+)", torch_spec)
+    assert floor is not None, f"torch is pinned as {torch_spec!r}: a floor and no upper bound expected"
+    assert (int(floor[1]), int(floor[2])) <= (2, 11)
 
 
 # -- torchrun ---------------------------------------------------------------------------------------
