@@ -138,7 +138,9 @@ def format_rows(rows: list[Row], budget: float) -> str:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="python -m model.bench tokenizers", description=__doc__.splitlines()[0])
-    parser.add_argument("--input", default=os.environ.get("TINYSHAKESPEARE_PATH"), help="UTF-8 text file")
+    parser.add_argument("--input", default=None,
+                        help="UTF-8 text file (default: Tiny Shakespeare, as data/prepare.py finds it: "
+                             "$TINYSHAKESPEARE_PATH, else the copy shipped with tinygpt)")
     parser.add_argument("--vocab_sizes", default=f"{BYTE_LEVEL_BPE_SMALLEST},512,1024,4096",
                         help="comma-separated sizes of the BPEs to learn")
     parser.add_argument("--budget", type=float, default=60.0, help="training seconds per tokenizer")
@@ -151,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: PyTorch's default)")
     parser.add_argument("--speed_only", action="store_true", help="only the speed checks (training and encoding time)")
     args = parser.parse_args(argv)
-    if not args.input:
-        parser.error("pass --input=FILE or set TINYSHAKESPEARE_PATH")
     if args.threads > 0:
         import torch
 
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     from model.data import dataset as data
     from model.data.tokenizer import token_byte_lengths
 
-    text = data.read_corpus(args.input)
+    corpus = args.input or data.resolve_input("shakespeare_char", None, None, Path("."))
+    text = data.read_corpus(corpus)
     if args.speed_only:
         print("\n".join(speed_checks(text, args.perf_mb)))
         return 0
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [("char", "char", None)] + [(f"bpe {v}", "bpe", int(v)) for v in args.vocab_sizes.split(",")]
     if not args.no_gpt2:
         specs.append(("gpt2", "gpt2", None))
-    print(f"{args.input}: {size:,} bytes; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+    print(f"{corpus}: {size:,} bytes; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"{args.budget:g} s ({args.clock} clock) of training per tokenizer with {args.config}, "
           f"{args.threads or 'default'} torch threads")
     rows = []
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             row = Row(name, tok.vocab_size, build_s, size / encode_s / 1e6,
                       int(token_byte_lengths(tok)[val_ids].sum()) / len(val_ids))
             dataset = name.replace(" ", "_")
-            data.prepare(dataset, Path(tmp) / "data", args.input, tokenizer=kind, quiet=True, vocab_size=vocab_size)
+            data.prepare(dataset, Path(tmp) / "data", str(corpus), tokenizer=kind, quiet=True, vocab_size=vocab_size)
             row.iters, row.full_val_loss, row.full_val_bpb = train_for(
                 args.budget, args.config, Path(tmp) / "data", dataset, Path(tmp) / f"out-{dataset}", CLOCKS[args.clock])
             print(f"{name:>9}: vocab {row.vocab:>6,}, {row.bytes_per_token:.3f} bytes/token, built in {build_s:.2f} s, "
