@@ -14,6 +14,7 @@ from model.cli import train_main
 from model.config import GPTConfig, load_config
 from model.errors import ConfigError
 from model.nn.gpt import GPT
+from model.fused import apply_kernels
 from model.nn.layers import apply_rotary, rotary_frequencies
 from model.training.trainer import Trainer
 from helpers import tiny_overrides
@@ -121,6 +122,7 @@ def test_training_run_and_checkpoint(name, char_data_dir, tmp_path):
         assert getattr(model.config, key) == value
     idx = torch.randint(0, model.config.vocab_size, (2, 16))
     trainer.model.eval()
+    apply_kernels(model)  # as the trainer does: the same ops, so the same bits
     assert torch.equal(model.eval()(idx)[0], trainer.model(idx)[0])
 
 

@@ -93,25 +93,35 @@ def test_rejects_width_not_divisible_by_heads():
         MultiHeadAttention(30, 4)
 
 
-def test_bf16_training_path_matches_the_fused_kernel(monkeypatch):
-    from model.nn import attention
+@pytest.mark.needs_kernels
+def test_bf16_training_with_the_kernels_takes_the_explicit_path_and_matches_the_fused_kernel(monkeypatch):
+    import copy
+
+    from model.fused import KernelAttention, apply_kernels
+    from model.kernels import ops
 
     torch.manual_seed(0)
-    mha = attention.MultiHeadAttention(32, 4).bfloat16()
-    x = torch.randn(3, 16, 32, dtype=torch.bfloat16, requires_grad=True)
     q = torch.zeros(1, 1, 16, 8, dtype=torch.bfloat16, requires_grad=True)
-    assert attention.explicit_is_faster(q, 16, 0.0) and attention.explicit_is_faster(q, 512, 0.1)
-    assert not attention.explicit_is_faster(q, 512, 0.0) and not attention.explicit_is_faster(q.float(), 16, 0.0)
-    assert not attention.explicit_is_faster(q.detach(), 16, 0.0)  # inference keeps the fused kernel
+    assert ops.explicit_is_faster(q, 16, 0.0) and ops.explicit_is_faster(q, 512, 0.1)
+    assert not ops.explicit_is_faster(q, 512, 0.0) and not ops.explicit_is_faster(q.float(), 16, 0.0)
+    assert not ops.explicit_is_faster(q.detach(), 16, 0.0)  # inference keeps the fused kernel
+    plain = MultiHeadAttention(32, 4).bfloat16()
+    fused = apply_kernels(copy.deepcopy(plain))
+    assert type(fused) is KernelAttention
+    x = torch.randn(3, 16, 32, dtype=torch.bfloat16, requires_grad=True)
 
-    def output_and_grad():
+    def output_and_grad(mha):
         x.grad = None
         y = mha(x)
         y.float().square().sum().backward()
-        return y.float(), x.grad.float()
+        return y, x.grad.float()
 
-    explicit = output_and_grad()
-    monkeypatch.setattr(attention, "explicit_is_faster", lambda *args: False)
-    fused = output_and_grad()
-    for a, b in zip(explicit, fused):
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+    calls = []
+    real_probs = ops.attention_probs
+    monkeypatch.setattr(ops, "attention_probs", lambda *args, **kwargs: calls.append(1) or real_probs(*args, **kwargs))
+    explicit = output_and_grad(fused)
+    assert calls == [1]  # scale, mask, softmax and dropout in the C kernel
+    sdpa = output_and_grad(plain)
+    assert calls == [1]  # the plain module: PyTorch's fused kernel
+    for a, b in zip(explicit, sdpa):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)

@@ -301,11 +301,43 @@ def test_c_decode_step_is_dropped_when_the_model_changes():
     assert greedy(model, [[3, 1, 4]], 8) == expected
 
 
-def test_c_decode_step_declines_float16():
+def test_c_decode_step_refuses_what_it_does_not_implement(monkeypatch):
+    import dataclasses
+
+    from model.config import GPTConfig
+    from model.errors import TinyGPTError
+    from model.kernels import decode
     from model.kernels.decode import FastDecoder
 
-    assert FastDecoder.supports(peaky_gpt().half()) == "torch.float16 weights"
-    assert FastDecoder.supports(peaky_gpt()) is None
+    assert FastDecoder.refusal(peaky_gpt(pos_embedding="rope", norm="rmsnorm", activation="relu2", qk_norm=True,
+                                         bias=False, tie_weights=False, mlp_ratio=2)) is None
+    assert FastDecoder.refusal(peaky_gpt().half()) == "torch.float16 weights"
+    with pytest.raises(TinyGPTError, match="does not implement torch.float16 weights"):
+        FastDecoder.attach(peaky_gpt().half(), None)
+    # an option value, or a whole option, that GPTConfig may gain and decode.c doesn't know
+    monkeypatch.setitem(decode.IMPLEMENTED, "norm", ("layernorm",))
+    assert FastDecoder.refusal(peaky_gpt(norm="rmsnorm")) == "norm='rmsnorm'"
+
+    @dataclasses.dataclass
+    class ConfigWithAnotherOption(GPTConfig):
+        parallel_residual: bool = False
+
+    model = peaky_gpt()
+    model.config = ConfigWithAnotherOption(**dataclasses.asdict(model.config))
+    assert FastDecoder.refusal(model) == "the architecture option parallel_residual"
+
+
+@pytest.mark.needs_kernels
+def test_sampling_a_model_the_c_step_refuses_says_so_in_one_line_and_decodes_in_pytorch(monkeypatch, capsys):
+    from model.kernels import decode
+
+    monkeypatch.setitem(decode.IMPLEMENTED, "activation", ("gelu",))
+    expected = greedy(peaky_gpt(activation="relu2"), [[3, 1, 4]], 8, use_cache=False)
+    model = prepare_for_sampling(peaky_gpt(activation="relu2"))
+    err = capsys.readouterr().err
+    assert err == "note: the C decoder (model/kernels/decode.c) does not implement activation='relu2'; decoding in PyTorch\n"
+    assert getattr(model, "fast_decoder", None) is None
+    assert greedy(model, [[3, 1, 4]], 8) == expected
 
 
 @pytest.mark.needs_kernels

@@ -24,6 +24,8 @@ from model import checkpoint, device as devices
 from model.config import GPTConfig, TrainConfig, load_config
 from model.data.dataset import BatchLoader, TokenDataset, prepare
 from model.errors import TinyGPTError
+from model.fused import apply_kernels
+from model.kernels import ops
 from model.nn import attention
 from model.nn.gpt import GPT
 from model.training import memory, rng
@@ -103,9 +105,10 @@ def test_compile_defaults_to_cuda_only():
 
 # -- the model on the GPU path -------------------------------------------------------------------
 def test_training_step_on_the_meta_device_takes_the_fused_attention_path():
-    """Off the CPU, attention is PyTorch's fused causal kernel and none of model/kernels' CPU code runs."""
+    """Off the CPU, attention is PyTorch's fused causal kernel and none of model/kernels' CPU code runs,
+    also with the kernels applied."""
     with torch.device("meta"):
-        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.1))
+        model = apply_kernels(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.1)))
     model.to(torch.bfloat16)
     x = torch.randint(0, 64, (2, 16), device="meta")
     fused = []
@@ -116,7 +119,7 @@ def test_training_step_on_the_meta_device_takes_the_fused_attention_path():
         return real_sdpa(*args, **kwargs)
 
     with mock.patch.object(attention.F, "scaled_dot_product_attention", sdpa), \
-            mock.patch.object(attention.ops, "attention_probs", side_effect=AssertionError("explicit CPU path")):
+            mock.patch.object(ops, "attention_probs", side_effect=AssertionError("explicit CPU path")):
         _, loss = model(x, x)
         loss.backward()
     assert fused == [(True, None), (True, None)]
@@ -125,16 +128,19 @@ def test_training_step_on_the_meta_device_takes_the_fused_attention_path():
 
 def test_no_mask_is_built_when_the_fused_causal_path_runs():
     with torch.device("meta"):
-        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+        model = apply_kernels(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)))
     with mock.patch.object(attention, "build_mask", side_effect=AssertionError("mask built")):
         model(torch.randint(0, 64, (2, 16), device="meta"))
 
 
+@pytest.mark.parametrize("kernels", [False, True], ids=["plain", "kernels"])
 @pytest.mark.parametrize("options", ARCH_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "gpt2")
-def test_compiles_whole_for_every_architecture_option(options, one_thread):
+def test_compiles_whole_for_every_architecture_option(options, kernels, one_thread):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, **options))
+    if kernels:
+        apply_kernels(model)
     x = torch.randint(0, 64, (2, 16))
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: any graph break fails
     _, loss = compiled(x, x)

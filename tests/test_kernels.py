@@ -1,11 +1,13 @@
 """The C kernels behind model/kernels/ops.py against PyTorch, forward and backward, float32 and bfloat16:
 GELU, attention's fused scale, causal mask, softmax and dropout, LayerNorm to bf16 and the linear
-layer with the bias inside oneDNN's product; PyTorch's own ops wherever they don't apply; a whole GPT
-with the kernels on and off; tracing through the custom ops (torch.compile, meta device,
-FlopCounterMode); the switch that turns them off; the build's failure marker; the decode struct."""
+layer with the bias inside oneDNN's product; PyTorch's own ops wherever they don't apply; applying
+them to a network (model/fused.py: the same parameters and state dict); a whole GPT with the kernels
+applied and without; tracing through the custom ops (torch.compile, meta device, FlopCounterMode);
+the switch that turns them off; the build's failure marker; the decode struct."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import os
@@ -17,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from model.config import GPTConfig, load_config
+from model.fused import KernelAttention, KernelBlock, apply_kernels
 from model.kernels import build, ops
+from model.kernels.modules import FusedBiasLinear, GELUTanh, HashDropout, LayerNormToBF16
 from model.nn.gpt import GPT
 from helpers import ROOT
 
@@ -133,11 +137,11 @@ def test_attention_probs_take_pytorchs_steps_where_the_kernel_doesnt_apply(monke
 @pytest.mark.parametrize("autocast", [False, True])
 def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
     from model.kernels.linear import fused_bias_linear_available
-    from model.nn.layers import Linear
 
     torch.manual_seed(0)
-    ours, reference = Linear(24, 40), torch.nn.Linear(24, 40)
-    reference.load_state_dict(ours.state_dict())
+    reference = torch.nn.Linear(24, 40)
+    ours = apply_kernels(copy.deepcopy(reference))
+    assert type(ours) is FusedBiasLinear
     assert list(ours.state_dict()) == ["weight", "bias"]
     x = torch.randn(3, 7, 24, requires_grad=True)
     results = []
@@ -157,15 +161,14 @@ def test_linear_with_the_bias_fused_matches_nn_linear(autocast):
 @pytest.mark.needs_kernels
 @pytest.mark.parametrize("bias", [True, False])
 def test_layernorm_to_bf16_matches_pytorch_under_autocast(bias):
-    from model.nn.layers import LayerNorm
-
     torch.manual_seed(0)
-    ours, reference = LayerNorm(48, bias=bias), torch.nn.LayerNorm(48, bias=bias)
+    reference = torch.nn.LayerNorm(48, bias=bias)
     with torch.no_grad():
-        ours.weight.uniform_(0.5, 1.5)
+        reference.weight.uniform_(0.5, 1.5)
         if bias:
-            ours.bias.uniform_(-1, 1)
-    reference.load_state_dict(ours.state_dict())
+            reference.bias.uniform_(-1, 1)
+    ours = apply_kernels(copy.deepcopy(reference))
+    assert type(ours) is LayerNormToBF16
     x = (torch.randn(3, 10, 48) * 3 + 1).requires_grad_()
     grad = torch.randn(3, 10, 48).bfloat16()
     results = []
@@ -205,22 +208,51 @@ def loss_and_grads(model: GPT, idx: torch.Tensor, autocast: bool, step=None) -> 
     return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
 
 
+def test_apply_kernels_changes_classes_only(monkeypatch):
+    """Every module with a kernel version becomes it in place: the same objects, parameters (tied
+    ones still tied) and state dict; a second call changes nothing; switched off, nothing at all."""
+    from model.nn.gpt import Block
+
+    torch.manual_seed(0)
+    model = GPT(default_architecture(dropout=0.1))
+    modules, plain_kinds = dict(model.named_modules()), {type(m) for m in model.modules()}
+    pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    monkeypatch.setenv("TINYGPT_KERNELS", "0")
+    assert apply_kernels(model) is model and {type(m) for m in model.modules()} == plain_kinds
+    monkeypatch.setenv("TINYGPT_KERNELS", "1")
+    apply_kernels(model)
+    assert dict(model.named_modules()) == modules  # the same module objects, under the same names
+    kinds = {type(m) for m in model.modules()}
+    assert {KernelAttention, KernelBlock, FusedBiasLinear, GELUTanh, HashDropout, LayerNormToBF16} <= kinds
+    assert not kinds & {torch.nn.Linear, torch.nn.Dropout, torch.nn.GELU, torch.nn.LayerNorm, Block}
+    assert all(isinstance(m, Block) for m in model.transformer.h)
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers
+    assert model.lm_head.weight is model.transformer.wte.weight
+    apply_kernels(model)
+    assert {type(m) for m in model.modules()} == kinds
+    exact = torch.nn.GELU()  # not the tanh approximation: no kernel computes it
+    assert type(apply_kernels(exact)) is torch.nn.GELU
+
+
 @pytest.mark.needs_kernels
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
-def test_a_gpt_trains_the_same_with_the_kernels_on_and_off(architecture, autocast, monkeypatch):
-    """Forward and backward of a whole GPT (the explicit attention path, as bf16 training on a CPU
-    takes it) with every kernel on, then off, within the kernels' own tolerances: float32 as the
-    fused-bias linear's, bfloat16 as the explicit attention path's."""
-    from model.nn import attention
-
-    monkeypatch.setattr(attention, "explicit_is_faster", lambda *args: True)
+def test_a_gpt_trains_the_same_with_the_kernels_applied_and_without(architecture, autocast, monkeypatch):
+    """Forward and backward of a whole GPT with every kernel applied (the explicit attention path, as
+    bf16 training on a CPU takes it) and of the plain network (PyTorch's fused attention), within the
+    kernels' own tolerances: float32 as the fused-bias linear's, bfloat16 as the explicit path's."""
+    monkeypatch.setattr(ops, "explicit_is_faster", lambda *args: True)
     torch.manual_seed(0)
-    model = GPT(ARCHITECTURES[architecture]()).train()  # dropout 0: both sides compute the same function
-    idx = torch.randint(0, model.config.vocab_size, (2, 32))
-    on = loss_and_grads(model, idx, autocast)
-    monkeypatch.setenv("TINYGPT_KERNELS", "0")
-    off = loss_and_grads(model, idx, autocast)
+    plain = GPT(ARCHITECTURES[architecture]()).train()  # dropout 0: both sides compute the same function
+    fused = apply_kernels(copy.deepcopy(plain))
+    idx = torch.randint(0, plain.config.vocab_size, (2, 32))
+    attention_probs = []
+    real_probs = ops.attention_probs
+    monkeypatch.setattr(ops, "attention_probs", lambda *args, **kwargs: attention_probs.append(1) or real_probs(*args, **kwargs))
+    on = loss_and_grads(fused, idx, autocast)
+    assert len(attention_probs) == plain.config.n_layer  # the kernels' explicit path ran in every layer
+    off = loss_and_grads(plain, idx, autocast)
+    assert len(attention_probs) == plain.config.n_layer  # and the plain network never calls into the kernels
     tolerance = dict(atol=3e-2, rtol=3e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
     for a, b in zip(on, off):
         torch.testing.assert_close(a, b, **tolerance)
@@ -235,7 +267,7 @@ def test_training_step_compiles_whole_through_the_custom_ops(architecture, autoc
     config = ARCHITECTURES[architecture]()
     config = dataclasses.replace(config, dropout=0.1)  # the dropout ops too
     torch.manual_seed(0)
-    model = GPT(config).train()
+    model = apply_kernels(GPT(config)).train()
     idx = torch.randint(0, config.vocab_size, (2, 32))
     seen: set[str] = set()
 
@@ -271,7 +303,7 @@ def test_meta_device_and_flop_counter_trace_through_the_custom_ops():
 
     config = default_architecture(dropout=0.1)
     with torch.device("meta"):  # attention takes the fused path there, as on a GPU; the rest are custom ops
-        model = GPT(config).train()
+        model = apply_kernels(GPT(config)).train()
     idx = torch.randint(0, config.vocab_size, (2, 32), device="meta")
     with profile() as prof:
         _, loss = model(idx, idx)
@@ -281,7 +313,7 @@ def test_meta_device_and_flop_counter_trace_through_the_custom_ops():
     assert {"tinygpt::gelu_tanh", "tinygpt::dropout_add"} <= names
 
     torch.manual_seed(0)
-    model = GPT(config).train()
+    model = apply_kernels(GPT(config)).train()
     idx = torch.randint(0, config.vocab_size, (3, 32))
     with FlopCounterMode(display=False) as counter:
         logits, _ = model(idx)

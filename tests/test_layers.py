@@ -1,6 +1,8 @@
-"""The import graph of model/ points one way: base -> kernels -> nn -> data -> workflows -> programs.
+"""The import graph of model/ points one way: base -> (nn | kernels) -> data -> workflows -> programs.
 
-Every import counts, including those made inside functions, so a lazy import can't hide a cycle.
+nn and kernels sit side by side on one level: neither imports the other (model/fused.py, a level
+up, applies the kernels to the network). Every import counts, including those made inside
+functions, so a lazy import can't hide a cycle.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "model"
 
-LAYERS = [
-    ("base", ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
-    ("kernels", ["model.kernels"]),
-    ("nn", ["model.nn"]),
-    ("data", ["model.data", "model.checkpoint", "model.huggingface"]),
-    ("workflows", ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
-    ("programs", ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
-                  "model.visualize", "model.serve", "model.eval"]),
+LAYERS = [  # (layer, level, module prefixes): a module imports from its own layer or lower levels only
+    ("base", 0, ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
+    ("nn", 1, ["model.nn"]),
+    ("kernels", 1, ["model.kernels"]),
+    ("data", 2, ["model.data", "model.checkpoint", "model.huggingface", "model.fused"]),
+    ("workflows", 3, ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
+    ("programs", 4, ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
+                     "model.visualize", "model.serve", "model.eval"]),
 ]
 
 
@@ -37,7 +39,7 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 def layer_of(module: str) -> int:
     """Index of the layer whose longest prefix matches module; a module no layer names fails the test."""
     best = None
-    for index, (_, prefixes) in enumerate(LAYERS):
+    for index, (_, _, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
             if module == prefix or module.startswith(prefix + "."):
                 if best is None or len(prefix) > best[1]:
@@ -82,11 +84,28 @@ def test_every_module_has_a_layer():
         layer_of(module)
 
 
+def allowed(importer: str, imported: str) -> bool:
+    """Whether importer may import imported: the same layer, or a lower level."""
+    here, there = layer_of(importer), layer_of(imported)
+    return here == there or LAYERS[there][1] < LAYERS[here][1]
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_no_upward_import(module):
-    here = layer_of(module)
-    upward = [f"{dep} ({LAYERS[layer_of(dep)][0]})" for dep in sorted(GRAPH[module]) if layer_of(dep) > here]
-    assert not upward, f"{module} ({LAYERS[here][0]}) imports a higher layer: {', '.join(upward)}"
+def test_imports_point_down(module):
+    name = LAYERS[layer_of(module)][0]
+    wrong = [f"{dep} ({LAYERS[layer_of(dep)][0]})" for dep in sorted(GRAPH[module]) if not allowed(module, dep)]
+    assert not wrong, f"{module} ({name}) imports a layer above it or beside it: {', '.join(wrong)}"
+
+
+def test_nn_imports_nothing_from_kernels_and_kernels_nothing_from_nn():
+    def package(module: str) -> str:  # model.nn.gpt -> nn
+        return module.split(".")[1] if "." in module else ""
+
+    crossings = [(m, dep) for m in MODULES for dep in GRAPH[m] if {package(m), package(dep)} == {"nn", "kernels"}]
+    assert not crossings, f"nn and kernels import each other: {crossings}"
+    # the rule itself: side by side means neither way, while the layer above may import both
+    assert not allowed("model.nn.gpt", "model.kernels.ops") and not allowed("model.kernels.decode", "model.nn.gpt")
+    assert allowed("model.fused", "model.nn.gpt") and allowed("model.fused", "model.kernels.ops")
 
 
 def test_no_import_cycle():

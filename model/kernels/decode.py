@@ -1,4 +1,5 @@
-"""Decoding one sequence on a CPU in C: each linear layer as row dot products, and a whole GPT step.
+"""A C inference engine for decoding on a CPU: row dot products for each linear layer, and a whole
+GPT decoding step of one sequence that reads the model's weights.
 
 Decoding one token multiplies a single row x (in,) by every weight matrix W (out, in). That reads
 every weight once and does two flops per weight, so its speed is the speed at which the weights
@@ -12,33 +13,39 @@ once for all of them (RowDotLinear, up to ROWDOT_MAX_ROWS rows).
 
 What is left of a batch-1 decoding step in PyTorch is then about twenty small ops per layer (norms,
 attention over the cache, GELU, residual adds), each paying PyTorch's per-op dispatch for almost no
-arithmetic. `decode_step` in decode.c runs the same network for one token as plain loops around the
-row-dot products, reading and extending the KV caches that the PyTorch prefill of the prompt filled.
-model/sampling/generate.py uses it for batch-1 decoding when prepare_for_sampling has attached one
-(`model.fast_decoder`); prompts, batches, padding and the sliding window past block_size stay on the
-PyTorch path, with RowDotLinear's products.
+arithmetic. `decode_step` in decode.c is a second implementation of the network's forward pass for
+one token: plain loops around the row-dot products, which read the weights of a GPT (found by the
+attribute names of model/nn/gpt.py: transformer.wte, transformer.h[i].attn.c_attn, ...) and read and
+extend the KV caches that the PyTorch prefill of the prompt filled. `FastDecoder` binds it to one
+model; model/sampling/generate.py uses it for batch-1 decoding when prepare_for_sampling has
+attached one (`model.fast_decoder`); prompts, batches, padding and the sliding window past
+block_size stay on the PyTorch path, with RowDotLinear's products.
 
-Every architecture option of GPTConfig is covered (LayerNorm or RMSNorm, GELU or ReLU², learned or
-rotary positions, QK-norm, biases or none, tied or untied head) for float32 and bfloat16 models.
-The step computes in float32 from weights of either dtype, so a bfloat16 model's logits differ from
-its PyTorch path's (which rounds every intermediate to bfloat16) in the last bits.
+Being a second implementation, it computes only the architectures it implements, listed in
+IMPLEMENTED and TAKES_ANY_VALUE: GPTConfig's learned or rotary positions, LayerNorm or RMSNorm, GELU
+(tanh) or ReLU², QK-norm, biases or none, a tied or untied head, for float32 and bfloat16 weights.
+Any other option or value (one added to GPTConfig later included) is refused with a one-line
+TinyGPTError rather than computed wrongly. The step computes in float32 from weights of either
+dtype, so a bfloat16 model's logits differ from its PyTorch path's (which rounds every intermediate
+to bfloat16) in the last bits.
 
 The two structs decode_step reads are mirrored here with ctypes (DecodeLayer, DecodeModel);
 `mirror_layout() == c_layout(lib)` compares the mirror with the sizes and offsets the compiled C
-reports; FastDecoder.attach refuses a mismatch.
+reports; FastDecoder refuses a mismatch.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
-import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.errors import TinyGPTError
 from model.kernels import build
 
 
@@ -169,9 +176,24 @@ def norm_eps(norm: nn.Module, dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps if eps is None else eps  # nn.RMSNorm's default, as F.rms_norm applies it
 
 
+IMPLEMENTED = {
+    "pos_embedding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu", "relu2"),
+}
+"""The GPTConfig options with a choice of values, and the values decode_step implements."""
+TAKES_ANY_VALUE = frozenset({
+    "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "mlp_ratio", "bias", "tie_weights", "qk_norm",
+    "dropout",  # no dropout at inference
+    "given",  # which keys a config file set, not the network's shape
+})
+"""The GPTConfig fields whose every value decode_step implements; a field in neither table is refused."""
+
+
 class FastDecoder:
     """decode_step bound to one prepared GPT: its weights' addresses, float32 copies of its small
-    vectors, and scratch memory. Build it with `FastDecoder.attach(model, lib)`."""
+    vectors, and scratch memory. Build it with `FastDecoder.attach(model, lib)`, which refuses a
+    model it does not implement."""
 
     def __init__(self, model: nn.Module, lib: ctypes.CDLL):
         config, dtype = model.config, model.lm_head.weight.dtype
@@ -213,29 +235,31 @@ class FastDecoder:
         self.parameter_addresses = [p.data_ptr() for p in model.parameters()]
 
     @staticmethod
-    def supports(model: nn.Module) -> str | None:
-        """Why decode_step can't run this model, or None when it can."""
+    def refusal(model: nn.Module) -> str | None:
+        """What of model decode_step does not implement, in a few words, or None when it implements all."""
+        config = model.config
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if field.name in IMPLEMENTED and value not in IMPLEMENTED[field.name]:
+                return f"{field.name}='{value}'"
+            if field.name not in IMPLEMENTED and field.name not in TAKES_ANY_VALUE:
+                return f"the architecture option {field.name}"
         dtype = model.lm_head.weight.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             return f"{dtype} weights"
-        if model.config.activation not in ("gelu", "relu2"):
-            return "an activation other than GELU (tanh) or ReLU²"
         if any(p.device.type != "cpu" for p in model.parameters()):
-            return "weights not on the CPU"
-        for block in model.transformer.h:
-            if not all(hasattr(m, "normalized_shape") for m in (block.ln_1, block.ln_2)):
-                return "a norm other than LayerNorm or RMSNorm"
+            return "weights off the CPU"
         return None
 
     @classmethod
-    def attach(cls, model: nn.Module, lib: ctypes.CDLL) -> "FastDecoder | None":
-        """Attach a decoder to model (as model.fast_decoder) when decode_step supports it."""
-        if cls.supports(model) is not None:
-            return None
+    def attach(cls, model: nn.Module, lib: ctypes.CDLL) -> "FastDecoder":
+        """Bind a decoder to model and attach it as model.fast_decoder. Raises TinyGPTError (one line)
+        for a model decode_step does not implement, or a compiled library whose structs don't match."""
+        reason = cls.refusal(model)
+        if reason is not None:
+            raise TinyGPTError(f"the C decoder (model/kernels/decode.c) does not implement {reason}")
         if mirror_layout() != c_layout(lib):
-            print("warning: model/kernels/decode.py's structs don't match decode.c's; decoding in PyTorch",
-                  file=sys.stderr)
-            return None
+            raise TinyGPTError("model/kernels/decode.py's structs don't match the compiled decode.c's")
         lib.decode_step.argtypes = [ctypes.POINTER(DecodeModel), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, P]
         lib.decode_step.restype = None
         model.fast_decoder = cls(model, lib)

@@ -1,4 +1,4 @@
-"""The ops the network (model/nn) calls where a C kernel may stand in for PyTorch: the one seam.
+"""PyTorch ops with a C kernel that may stand in for them: what the fused modules (modules.py) call.
 
 Each function computes exactly what its PyTorch reference computes (the code at its end) and picks
 the C kernel of this folder when that kernel covers the inputs: float32 or bfloat16 tensors on the
@@ -123,3 +123,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if dtype not in KERNEL_DTYPES or not (x.device.type == weight.device.type == "cpu" or x.device.type == "meta"):
         return F.linear(x, weight, bias)
     return fused_bias_linear(x.to(dtype), weight.to(dtype), bias.to(dtype))
+
+
+EXPLICIT_MAX_KEYS = 128
+"""Longest key sequence for which training in bfloat16/float16 on a CPU takes the explicit path."""
+
+
+def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
+    """Whether training attention is faster as explicit steps (q k^T, then attention_probs, then @ v)
+    than through PyTorch's fused F.scaled_dot_product_attention, as measured on CPUs (BENCHMARKS.md):
+    in bfloat16 the fused (flash) kernel's backward is slow for short sequences, and with dropout the
+    fused kernels don't run on a CPU at all (PyTorch falls back to a slower composite). Longer
+    sequences without dropout keep the fused kernel, which also never stores the (T, S) score matrix;
+    float32 without dropout, inference, GPUs and the meta device (which stands for a GPU when a model
+    is traced) keep it always."""
+    short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
+    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)

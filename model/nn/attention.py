@@ -19,8 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.kernels import ops
-from model.nn.layers import Linear, RMSNorm, apply_rotary, rotary_frequencies
+from model.nn.layers import RMSNorm, apply_rotary, rotary_frequencies
 
 
 class KVCache:
@@ -66,7 +65,8 @@ class MultiHeadAttention(nn.Module):
     the W_K, W_V rows to `context`.
 
     `dropout` drops attention weights while training, as in torch.nn.MultiheadAttention; the dropout
-    on the output, before it joins the residual stream, belongs to the caller (gpt.Block).
+    on the output, before it joins the residual stream, belongs to the caller (gpt.Block), as in the
+    Transformer paper.
     """
 
     def __init__(
@@ -78,9 +78,9 @@ class MultiHeadAttention(nn.Module):
         self.n_head = n_head
         self.n_embd = n_embd
         self.head_size = n_embd // n_head
-        self.dropout = dropout
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.attn_dropout = nn.Dropout(dropout)
         # optional: RMS-normalised queries and keys, rotary positions (self-attention only)
         self.q_norm = RMSNorm(self.head_size) if qk_norm else None
         self.k_norm = RMSNorm(self.head_size) if qk_norm else None
@@ -127,7 +127,8 @@ class MultiHeadAttention(nn.Module):
         pos: absolute position of each query, (T,) or (B, T). Learned position embeddings are added
             in GPT, so only rotary attention uses it; it defaults to 0 .. T-1.
         weights_out: a list to append the attention weights (B, nh, T, S) to, whose rows sum to 1 (as
-            applied to the values: after dropout, while training). This takes the explicit path.
+            applied to the values: after dropout, while training). This takes the explicit steps;
+            without it PyTorch's fused F.scaled_dot_product_attention computes the same.
         """
         if causal is None:
             causal = context is None
@@ -149,39 +150,26 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """softmax(q k^T / sqrt(hs) + mask) v for every head at once: (B, nh, T, hs)."""
         T, S = q.shape[-2], k.shape[-2]
-        dropout_p = self.dropout if self.training else 0.0
         if causal and key_padding_mask is None and T == 1:
             causal = False  # one new query after all the (cached) keys may see every one of them
-        only_causal = causal and key_padding_mask is None  # the mask is the causal one and nothing else
-        if weights_out is None and not explicit_is_faster(q, S, dropout_p):
-            # PyTorch's fused kernel: the same computation, without ever storing the (T, S) weights
-            fused_causal = only_causal and T == S  # its is_causal aligns query i with key i: no mask needed
+        if weights_out is None:
+            # Nobody looks at the weights: PyTorch's fused kernel does the steps below without ever
+            # storing the (T, S) weights. Its is_causal aligns query i with key i, so a causal mask
+            # with as many queries as keys needs no mask tensor.
+            fused_causal = causal and key_padding_mask is None and T == S
             mask = None if fused_causal else build_mask(T, S, causal, key_padding_mask, q.device)
+            dropout_p = self.attn_dropout.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fused_causal)
         mask = build_mask(T, S, causal, key_padding_mask, q.device)  # None or (B or 1, 1, T, S), True = may attend
-        scale = 1.0 / math.sqrt(q.shape[-1])
         scores = q @ k.transpose(-2, -1)  # (B, nh, T, S): how well each query matches each key
-        # scale -> mask -> softmax -> dropout (ops.attention_probs spells out the PyTorch steps; on a CPU
-        # a C kernel does all four in one pass)
-        att = ops.attention_probs(scores, scale, mask, dropout_p, causal=only_causal)  # (B, nh, T, S)
-        if weights_out is not None:
-            weights_out.append(att)
+        scores = scores * (1.0 / math.sqrt(q.shape[-1]))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))  # a masked key gets weight exp(-inf) = 0
+        # in bfloat16 the softmax accumulates in float32 and rounds once
+        att = F.softmax(scores, dim=-1)  # (B, nh, T, S), each row sums to 1
+        att = self.attn_dropout(att)
+        weights_out.append(att)
         return att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
-
-
-EXPLICIT_MAX_KEYS = 128
-"""Longest key sequence for which training in bfloat16/float16 on a CPU takes the explicit path."""
-
-
-def explicit_is_faster(q: Tensor, S: int, dropout_p: float) -> bool:
-    """Whether to train through the explicit attention path instead of PyTorch's fused kernel, as
-    measured on CPUs (BENCHMARKS.md): in bfloat16 the fused (flash) kernel's backward is slow for short
-    sequences, and with dropout the fused kernels don't run on a CPU at all (PyTorch falls back to a
-    slower composite). Longer sequences without dropout keep the fused kernel, which also never
-    stores the (T, S) score matrix; float32 without dropout, inference, GPUs and the meta device (which
-    stands for a GPU when a model is traced) keep it always."""
-    short_half = S <= EXPLICIT_MAX_KEYS and q.dtype in (torch.bfloat16, torch.float16)
-    return q.requires_grad and q.device.type == "cpu" and (short_half or dropout_p > 0)
 
 
 def build_mask(T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:

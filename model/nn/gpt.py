@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import GPTConfig
-from model.kernels import ops
 from model.nn.attention import KVCache, MultiHeadAttention
-from model.nn.layers import ACTIVATIONS, Dropout, Linear, make_norm
+from model.nn.layers import ACTIVATIONS, make_norm
 
 IGNORE_INDEX = -1
 """Targets equal to this (e.g. padding) don't count towards the loss."""
@@ -29,9 +28,9 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.mlp_ratio * config.n_embd
-        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
-        self.activation = ACTIVATIONS[config.activation]
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.activation = ACTIVATIONS[config.activation]()
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(self.activation(self.c_fc(x)))  # (B, T, C)
@@ -43,7 +42,6 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.resid_dropout = config.dropout
         self.ln_1 = make_norm(config.norm, config.n_embd, config.bias)
         self.attn = MultiHeadAttention(
             config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout,
@@ -51,15 +49,14 @@ class Block(nn.Module):
         )
         self.ln_2 = make_norm(config.norm, config.n_embd, config.bias)
         self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)  # on each branch's output, before it joins the stream
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, cache: KVCache | None = None,
                 pos: Tensor | None = None, weights_out: list[Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C); weights_out, if given, receives the attention weights (B, nh, T, S)."""
-        p, training = self.resid_dropout, self.training
-        # x = x + dropout(attn(ln_1(x))), the dropout and the add in one step (one pass in C on a CPU)
         h = self.attn(self.ln_1(x), key_padding_mask=key_padding_mask, cache=cache, pos=pos, weights_out=weights_out)
-        x = ops.dropout_add(x, h, p, training)
-        x = ops.dropout_add(x, self.mlp(self.ln_2(x)), p, training)  # x = x + dropout(mlp(ln_2(x)))
+        x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.ln_2(x)))
         return x
 
 
@@ -73,7 +70,7 @@ class GPT(nn.Module):
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.transformer.update(
             dict(
-                drop=Dropout(config.dropout),
+                drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=make_norm(config.norm, config.n_embd, config.bias),
             )

@@ -15,8 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.kernels import ops
-
 ROPE_BASE = 10000.0
 """Wavelength scale of the rotary frequencies, as in the RoFormer paper."""
 
@@ -30,46 +28,25 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) through ops.linear, which on a CPU adds the bias
-    inside the matrix product."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return ops.linear(x, self.weight, self.bias)
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters, same state dict) through ops.layer_norm, which under bfloat16
-    autocast on a CPU writes its result in bfloat16 directly."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout (same arguments, no state) through ops.dropout, whose CPU mask is drawn in C."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return ops.dropout(x, self.p, self.training)
-
-
 def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
     """'layernorm' (with a bias when `bias`) or 'rmsnorm' (a gain only)."""
     if kind == "rmsnorm":
         return RMSNorm(dim)
-    return LayerNorm(dim, bias=bias)
+    return nn.LayerNorm(dim, bias=bias)
 
 
-def relu_squared(x: Tensor) -> Tensor:
-    return F.relu(x).square()
+class ReLUSquared(nn.Module):
+    """Squared ReLU, relu(x)^2: about as cheap as ReLU, and as sparse."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
 
 
-def gelu(x: Tensor) -> Tensor:
-    """GELU with GPT-2's tanh approximation: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return ops.gelu(x)
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": gelu, "relu2": relu_squared}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": lambda: nn.GELU(approximate="tanh"),  # GPT-2's: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    "relu2": ReLUSquared,
+}
+"""The MLP nonlinearities, by GPTConfig.activation: each entry makes the module."""
 
 
 def rotary_frequencies(head_size: int) -> Tensor:

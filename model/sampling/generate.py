@@ -18,11 +18,14 @@ real token, so every row gets the same tokens as it would alone.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from model.errors import TinyGPTError
+from model.fused import apply_kernels
 from model.nn.gpt import GPT
 
 
@@ -60,8 +63,8 @@ def sample_next(
 
 
 def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decode: bool = True) -> GPT:
-    """Cast the model to dtype for inference and lay its weights out for fast decoding, in place;
-    returns the model in eval mode.
+    """Cast the model to dtype for inference, let the C kernels run it (apply_kernels, unless they are
+    switched off) and lay its weights out for fast decoding, in place; returns the model in eval mode.
 
     Decoding one token multiplies a single row by each weight matrix, which is limited by how fast
     the weights stream from memory. On a CPU, with c_decode (the default), products of up to 16 rows
@@ -75,7 +78,7 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decod
     (in, out) matrix whose product streams faster. Shapes, names and results are
     unchanged either way (only the summation order inside a product may differ in the last bits).
     """
-    model.to(dtype).eval()
+    apply_kernels(model).to(dtype).eval()
     if model.lm_head.weight.device.type != "cpu":
         return model  # GPU libraries read either layout at full speed: the relayout below is for CPU BLAS
     if c_decode:
@@ -83,7 +86,10 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decod
         from model.kernels.decode import FastDecoder, use_rowdot
 
         if use_rowdot(model):
-            FastDecoder.attach(model, build.library())
+            try:
+                FastDecoder.attach(model, build.library())
+            except TinyGPTError as e:  # an architecture the C step doesn't implement: PyTorch's decodes it
+                print(f"note: {e}; decoding in PyTorch", file=sys.stderr)
             return model
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):

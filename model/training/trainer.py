@@ -24,6 +24,7 @@ from model.device import allow_tf32, autocast, describe_precision, resolve_devic
 from model.training.distributed import Distributed
 from model.errors import TinyGPTError
 from model.files import remove_stale_temporaries
+from model.fused import apply_kernels
 from model.kernels import build as kernels
 from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from model.nn.gpt import GPT
@@ -125,9 +126,9 @@ class Trainer:
         self.dist.check_fsdp()
         weights = resume["model"] if resume is not None else pretrained.state_dict() if pretrained is not None else None
         if self.dist.fsdp:
-            self.model = self.dist.build_sharded(lambda: GPT(model_config), weights, self.dtype)
+            self.model = self.dist.build_sharded(lambda: apply_kernels(GPT(model_config)), weights, self.dtype)
         else:
-            self.model = GPT(model_config)
+            self.model = apply_kernels(GPT(model_config))
             if weights is not None:
                 self.model.load_state_dict(weights)
             self.model.to(self.device)
