@@ -96,10 +96,16 @@ def test_tiny_model_overfits_a_short_text():
     assert loss.item() < 0.05
 
 
-def test_training_block_drops_both_residual_branches_before_adding_them():
-    from torch.nn.functional import dropout
+@pytest.mark.parametrize("kernels", [False, pytest.param(True, marks=pytest.mark.needs_kernels)],
+                         ids=["plain", "kernels"])
+def test_training_block_drops_both_residual_branches_before_adding_them(kernels):
+    from model.fused import KernelBlock, apply_kernels
+    from model.kernels import ops
 
-    block = tiny(dropout=0.3).transformer.h[0].train()
+    model = apply_kernels(tiny(dropout=0.3)) if kernels else tiny(dropout=0.3)
+    block = model.transformer.h[0].train()
+    assert (type(block) is KernelBlock) == kernels  # x + dropout(h) in one C pass (ops.dropout_add)
+    dropout = ops.dropout if kernels else torch.nn.functional.dropout
     x = torch.randn(2, 16, 32)
     torch.manual_seed(7)
     y = block(x)

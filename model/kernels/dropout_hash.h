@@ -1,7 +1,7 @@
 /* Whether dropout keeps element i: a pure function of (seed, i), so any thread can decide any
  * element, and backward recomputes the mask instead of storing it. Two rounds of MurmurHash3's 32-bit
  * finaliser over the index and the seed; element i is kept when the hash is >= threshold (= p * 2^32).
- * Shared by dropout.c and softmax.c, which must drop the same elements for the same seed. */
+ * Shared by dropout.c and attention_probs.c, which must drop the same elements for the same seed. */
 #ifndef TINYGPT_DROPOUT_HASH_H
 #define TINYGPT_DROPOUT_HASH_H
 #include <stdint.h>
