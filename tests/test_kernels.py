@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from model.config import GPTConfig, load_config
-from model.fused import KernelAttention, KernelBlock, apply_kernels
+from model.fused import FUSED, KernelAttention, KernelBlock, apply_kernels
 from model.kernels import build, ops
 from model.kernels.modules import FusedBiasLinear, GELUTanh, HashDropout, LayerNormToBF16
 from model.nn.gpt import GPT
@@ -353,11 +353,25 @@ def test_the_training_config_key_switches_the_kernels_off(monkeypatch, tmp_path,
     monkeypatch.setattr(build, "_load", no_build)
     values = tiny_overrides(char_data_dir, tmp_path / "out", max_iters=2, eval_interval=2, dropout=0.1, kernels=False)
     try:
-        Trainer(*load_config(None, values), quiet=True).run()
+        trainer = Trainer(*load_config(None, values), quiet=True)
+        trainer.run()
         assert not build.enabled()
+        assert all(type(m) not in FUSED.values() for m in trainer.model.modules())  # the network as nn/ wrote it
     finally:
         build.set_enabled(True)
     assert build.enabled() == (os.environ.get("TINYGPT_KERNELS") != "0")
+
+
+@pytest.mark.needs_kernels
+def test_the_trainer_and_the_sampler_apply_the_kernels(tmp_path, char_data_dir):
+    from model.sampling.generate import prepare_for_sampling
+    from model.training.trainer import Trainer
+    from helpers import tiny_overrides
+
+    trainer = Trainer(*load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", dropout=0.1)), quiet=True)
+    assert all(type(block) is KernelBlock for block in trainer.model.transformer.h)
+    model = prepare_for_sampling(GPT(default_architecture()))
+    assert all(type(block.attn) is KernelAttention for block in model.transformer.h)
 
 
 def test_a_fresh_process_with_the_switch_off_builds_nothing(tmp_path):
