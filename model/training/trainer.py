@@ -101,8 +101,6 @@ class Trainer:
         resume = None
         if config.init_from == "resume":
             resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
-            if model_config.vocab_size == self.dataset.vocab_size:
-                model_config = dataclasses.replace(model_config, vocab_size=None)  # the checkpoint's may be padded
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
             model_config = model_config_for_resume(resume, model_config, self.dataset.meta,
                                                    self.out_dir / checkpoint.LATEST, self.echo)
