@@ -122,7 +122,7 @@ def find_checkpoint(out_dir: str | Path, prefer: str = BEST) -> Path:
 
 def model_config_from(ckpt: dict[str, Any]) -> configs.GPTConfig:
     values = ckpt["model_config"]
-    known = {f for f in configs.GPTConfig.__dataclass_fields__}
+    known = {f.name for f in configs.config_fields(configs.GPTConfig)}
     unknown = set(values) - known
     if unknown:
         raise TinyGPTError(f"checkpoint has model options this version doesn't know: {', '.join(sorted(unknown))}")

@@ -14,11 +14,15 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigError
+
+RECORD_ONLY = {"config_key": False}
+"""Metadata of a config field that records something about the config (which keys were given) and is
+no config key itself: no flag sets it, and it is neither saved nor compared."""
 
 
 @dataclass
@@ -51,7 +55,7 @@ class GPTConfig:
     """MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu2' (squared ReLU)."""
     qk_norm: bool = False
     """RMS-normalise each head's queries and keys before the dot product (steadier at high learning rates)."""
-    given: typing.ClassVar[frozenset[str] | None] = None
+    given: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata=RECORD_ONLY)
     # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
@@ -184,7 +188,7 @@ class TrainConfig:
     """Muon's Nesterov momentum."""
     full_eval_interval: int = 0
     """Also compute the full-validation loss every this many iterations (0: only at the end of training)."""
-    given: typing.ClassVar[frozenset[str] | None] = None
+    given: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata=RECORD_ONLY)
     # keys a config file or flag set (build_configs records them); None for a config built in code
 
     def __post_init__(self) -> None:
@@ -287,23 +291,28 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def config_fields(cls: type[GPTConfig] | type[TrainConfig]) -> list[dataclasses.Field]:
+    """The fields of GPTConfig or TrainConfig that are config keys (every field but `given`)."""
+    return [f for f in fields(cls) if f.metadata.get("config_key", True)]
+
+
 def describe_keys() -> str:
     """A help text listing every config key with its default and docstring."""
     lines = []
     for cls in _SECTIONS:
         docs = field_docs(cls)
         lines.append(f"{cls.__name__} keys:")
-        for f in fields(cls):
+        for f in config_fields(cls):
             lines.append(f"  --{f.name}={f.default!r:<12} {docs.get(f.name, '')}")
     return "\n".join(lines)
 
 
-def valid_keys() -> dict[str, tuple[type, dataclasses.Field]]:
-    """Every config key, mapped to the dataclass that owns it and its field."""
+def valid_keys() -> dict[str, tuple[type[GPTConfig] | type[TrainConfig], dataclasses.Field, Any]]:
+    """Every config key, mapped to the dataclass that owns it, its field and its type hint."""
     keys = {}
     for cls in _SECTIONS:
         hints = typing.get_type_hints(cls)
-        for f in fields(cls):
+        for f in config_fields(cls):
             keys[f.name] = (cls, f, hints[f.name])
     return keys
 
@@ -432,9 +441,8 @@ def build_configs(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:
             raise _unknown_key(key)
         cls, _, hint = keys[key]
         per_section[cls][key] = coerce(key, value, hint)
-    model_config, train_config = GPTConfig(**per_section[GPTConfig]), TrainConfig(**per_section[TrainConfig])
-    model_config.given, train_config.given = frozenset(per_section[GPTConfig]), frozenset(per_section[TrainConfig])
-    return model_config, train_config
+    return (GPTConfig(**per_section[GPTConfig], given=frozenset(per_section[GPTConfig])),
+            TrainConfig(**per_section[TrainConfig], given=frozenset(per_section[TrainConfig])))
 
 
 def was_given(config: GPTConfig | TrainConfig, key: str) -> bool:
@@ -460,10 +468,8 @@ def load_config(
 
 def to_dict(model_config: GPTConfig, train_config: TrainConfig | None = None) -> dict[str, Any]:
     """One flat dict (JSON- and TOML-friendly) of everything needed to rebuild the configs."""
-    out = dataclasses.asdict(model_config)
-    if train_config is not None:
-        out.update(dataclasses.asdict(train_config))
-    return out
+    configs = (model_config,) if train_config is None else (model_config, train_config)
+    return {f.name: getattr(c, f.name) for c in configs for f in config_fields(type(c))}
 
 
 def from_dict(values: dict[str, Any]) -> tuple[GPTConfig, TrainConfig]:

@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 
 import pytest
 
@@ -99,6 +100,18 @@ def test_head_divisibility_is_checked_when_building():
 def test_dict_round_trip():
     model_config, train_config = load_config(None, ["--n_layer=7", "--seed=3"])
     assert from_dict(to_dict(model_config, train_config)) == (model_config, train_config)
+
+
+def test_the_given_keys_survive_replace_and_are_neither_saved_nor_a_key(capsys):
+    model_config, train_config = load_config(None, ["--n_layer=7", "--seed=3", "--dropout=0.1"])
+    assert model_config.given == {"n_layer", "dropout"} and train_config.given == {"seed"}
+    assert dataclasses.replace(model_config, vocab_size=65).given == {"n_layer", "dropout"}
+    assert dataclasses.replace(train_config, learning_rate=0.5).given == {"seed"}
+    assert GPTConfig().given is None  # built in code: nothing recorded
+    assert "given" not in to_dict(model_config, train_config) and "given" not in describe_keys()
+    assert model_config == GPTConfig(n_layer=7, dropout=0.1)  # what was given is no part of the value
+    with pytest.raises(ConfigError, match="unknown config key 'given'"):
+        load_config(None, ["--given=n_layer"])
 
 
 def test_help_lists_every_key_with_its_docstring():

@@ -31,7 +31,7 @@ from model.nn.gpt import GPT
 from model.training import memory, rng
 from model.training.mfu import MFUMeter
 from model.training.signals import GracefulStop
-from model.training.trainer import Trainer, padded_vocab_size, train
+from model.training.trainer import Trainer, loss_scaler, padded_vocab_size, train
 
 ARCH_OPTIONS = [{}, {"pos_embedding": "rope"}, {"norm": "rmsnorm"}, {"activation": "relu2"}, {"qk_norm": True},
                 {"dropout": 0.1}, {"bias": False, "tie_weights": False}]
@@ -59,6 +59,17 @@ def test_auto_dtype_on_a_gpu(native, emulated, expected):
         assert devices.resolve_dtype("float32", "cuda") == torch.float32
         line = devices.describe_precision("auto", "cuda", expected)
     assert ("native" in line) == native and ("GradScaler" in line) == (expected == torch.float16)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_gpu_gets_a_loss_scaler_only_when_it_trains_in_float16(native):
+    with fake_gpu(native, emulated_bf16=True):
+        dtype = devices.resolve_dtype("auto", "cuda:0")
+        scaler = loss_scaler("cuda:0", dtype)
+        assert scaler.is_enabled() == (dtype == torch.float16) == (not native)
+        assert not loss_scaler("cuda:0", torch.float32).is_enabled()
+    if not native:
+        assert scaler.get_scale() == 2.0**16
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -191,8 +202,8 @@ def test_float16_with_grad_scaler_on_cpu_autocast_skips_a_nan_step(char_data_dir
     values = tiny_overrides(char_data_dir, out, dtype="float16", on_nan="skip", max_iters=8, eval_interval=4,
                             log_interval=4)
     trainer = Trainer(*load_config(None, values), quiet=False)
-    assert trainer.dtype == torch.float16 and trainer.guard.scaler.is_enabled()
-    assert trainer.guard.scaler.get_scale() == 2.0**16
+    assert trainer.dtype == torch.float16 and trainer.scaler.is_enabled()
+    assert trainer.scaler.get_scale() == 2.0**16
     nan_loss_at(trainer, 5)
     before = {}
 
@@ -208,7 +219,7 @@ def test_float16_with_grad_scaler_on_cpu_autocast_skips_a_nan_step(char_data_dir
     assert summary["iter_num"] == 8 and math.isfinite(summary["full_val_loss"])
     final = checkpoint.load_checkpoint(out / "ckpt.pt")
     assert all(t.isfinite().all() for t in final["model"].values())
-    assert trainer.guard.scaler.get_scale() < 2.0**16  # the NaN step backed the loss scale off
+    assert trainer.scaler.get_scale() < 2.0**16  # the NaN step backed the loss scale off
 
 
 def test_a_nan_step_is_never_applied_even_before_it_is_reported(char_data_dir, tmp_path, one_thread):
@@ -227,6 +238,42 @@ def test_a_nan_step_is_never_applied_even_before_it_is_reported(char_data_dir, t
         assert torch.equal(value, moments[key]), key  # AdamW's step count and moments too
     with pytest.raises(TinyGPTError, match=r"^iteration 0: the loss is nan; stopped without applying the step"):
         trainer.guard.check()
+
+
+def tensors_in(state) -> list[torch.Tensor]:
+    """Every tensor in a nested optimizer state dict, in order."""
+    if isinstance(state, torch.Tensor):
+        return [state.clone()]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in tensors_in(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in tensors_in(item)]
+    return []
+
+
+@pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("adamw", "bfloat16"), ("muon", "float32")])
+def test_a_step_with_an_infinite_loss_is_skipped_even_when_its_gradients_are_finite(char_data_dir, tmp_path, optimizer,
+                                                                                     dtype, one_thread):
+    """The loss's own finiteness decides too (fused AdamW skips in its kernel, Muon after reading the flag)."""
+    trainer = Trainer(*load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", dtype=dtype,
+                                                        optimizer=optimizer)), quiet=True)
+    assert not trainer.scaler.is_enabled()  # no loss scaling outside float16
+    trainer.train_step(1e-3)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = tensors_in(trainer.optimizer.state_dict())
+    model = trainer.step_model
+    trainer.step_model = lambda x, y: (None, model(x, y)[1] + float("inf"))  # the gradients stay those of the loss
+    loss, norm = trainer.train_step(1e-3)
+    assert float(loss) == math.inf and math.isfinite(float(norm)) and float(norm) > 0
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    after = tensors_in(trainer.optimizer.state_dict())
+    assert len(after) == len(moments) and all(torch.equal(a, b) for a, b in zip(after, moments))
+    with pytest.raises(TinyGPTError, match=r"^iteration 0: the loss is inf; stopped without applying the step"):
+        trainer.guard.check()
+    trainer.step_model = model
+    trainer.train_step(1e-3)  # the next good step is applied
+    assert not all(torch.equal(v, weights[k]) for k, v in trainer.model.state_dict().items())
 
 
 # -- data, vocabulary, sampling ----------------------------------------------------------------

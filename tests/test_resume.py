@@ -12,6 +12,7 @@ from helpers import final_weights, flags, run_torchrun, tiny_overrides, train_lo
 from model.checkpoint import load_checkpoint
 from model.cli import train_main
 from model.config import load_config
+from model.data.dataset import TokenDataset
 from model.training.optim import learning_rate
 from model.training.trainer import train
 
@@ -32,11 +33,14 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, char_d
     run(char_data_dir, tmp_path / "straight", max_iters=12)
     run(char_data_dir, tmp_path / "resumed", max_iters=6)
     halfway = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)
+    assert set(halfway["data_position"]) == {"batch_generator"}
+    # older checkpoints also count the windows drawn so far; the count is not needed and must not hurt
+    torch.save({**halfway, "data_position": {**halfway["data_position"], "windows_drawn": 6 * 2 * 8}},
+               tmp_path / "resumed" / "ckpt.pt")
     run(char_data_dir, tmp_path / "resumed", max_iters=12, init_from="resume")
 
     assert halfway["iter_num"] == 6
     assert {"model", "optimizer", "config", "rng", "data_position"} <= halfway.keys()
-    assert halfway["data_position"]["windows_drawn"] == 6 * 2 * 8
     assert {"torch", "numpy", "python"} <= halfway["rng"][0].keys()
 
     straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
@@ -75,6 +79,17 @@ def test_resume_refuses_an_architecture_flag_that_differs(capsys, trained, char_
     err = capsys.readouterr().err.strip().splitlines()
     key = flag[2:].split("=")[0]
     assert len(err) == 1 and err[0].startswith(f"error: {key}=") and "contradicts" in err[0], err
+    assert load_checkpoint(trained / "ckpt.pt")["iter_num"] == 2  # nothing trained
+
+
+def test_resume_refuses_a_flag_set_to_its_default_also_beside_the_datasets_vocab_size(capsys, trained, char_data_dir):
+    """--n_layer=4 is the default but was given, so it contradicts the checkpoint's 2 layers; what was given
+    is remembered through every copy of the config (here the one that leaves vocab_size to the checkpoint)."""
+    vocab_size = TokenDataset(char_data_dir / "tiny").vocab_size
+    values = tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=3, n_layer=4, vocab_size=vocab_size)
+    assert train_main(flags(values) + ["--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: n_layer=4 contradicts"), err
     assert load_checkpoint(trained / "ckpt.pt")["iter_num"] == 2  # nothing trained
 
 

@@ -119,12 +119,13 @@ def train_reference(shape: Shape, device: str, dtype: torch.dtype, compile: bool
                     peak_flops: float | None) -> dict[str, Any]:
     """transformers' GPT-2 trained the way its users would on this GPU, in the same precision."""
     from model.device import autocast
+    from model.training.trainer import loss_scaler
 
     torch.manual_seed(0)
     model = hf_gpt2(shape).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=device.split(":")[0] in ("cuda", "cpu"))
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+    scaler = loss_scaler(device, dtype)
     forward = torch.compile(model) if compile else model
     x = torch.randint(0, GPT2_VOCAB, (shape.batch_size, shape.block_size), device=device)
 

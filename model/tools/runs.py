@@ -67,10 +67,10 @@ class Run:
 def count_params(config: dict[str, Any]) -> int | None:
     """Parameters of the model described by a resolved config (counted from the shapes, nothing is
     built); None when the config doesn't describe a model."""
-    from model.config import GPTConfig
+    from model.config import GPTConfig, config_fields
     from model.nn.report import count_parameters
 
-    keys = GPTConfig.__dataclass_fields__
+    keys = {f.name for f in config_fields(GPTConfig)}
     try:
         return count_parameters(GPTConfig(**{k: v for k, v in config.items() if k in keys}))
     except (TinyGPTError, TypeError, ValueError):

@@ -5,99 +5,72 @@ the last good one. So the step is never applied: depending on TrainConfig.on_nan
 with a message naming the iteration ("stop"), or drops that step and carries on ("skip"). Either way
 ckpt.pt and best.pt still hold the last good weights.
 
-All of it is decided on the device, without waiting for the GPU (a host sync per step would leave it
-idle while Python catches up):
-  - a non-finite loss multiplies its own backward by NaN, so every gradient it touches is NaN too, also
-    after DDP's all-reduce or FSDP's reduce-scatter on every other rank;
-  - clipping multiplies the gradients by NaN when their global norm is not finite, so every rank sees
-    NaN gradients in every shard;
-  - torch.amp.GradScaler then finds them and skips the optimizer step (inside the fused AdamW kernel,
-    without a sync); with float16 it is the usual loss scaler, otherwise its scale stays exactly 1.
-Which steps were bad is recorded in small device tensors and read only when the loop syncs anyway: at
-log_interval, and before every checkpoint is written. With on_nan=stop the run then stops, naming the
-first bad iteration; the bad step was never applied, and no checkpoint is written after it.
+The trainer tells `StepGuard.skip` each step's loss and gradient norm; the step is skipped when either
+is not finite. Both are the same on every rank (the loss is averaged over the ranks, the norm is taken
+over the gradients after DDP's all-reduce or over all of FSDP's shards), so every rank skips alike.
+None of it waits for the device (a host sync per step would leave a GPU idle while Python catches up):
+the decision is a 0-d tensor on the device, and `step_unless` hands it to PyTorch's fused optimizers,
+which skip the update inside their kernel. Which steps were bad is recorded in small device tensors
+and read only when the loop syncs anyway: at log_interval, and before every checkpoint is written
+(`check`). With on_nan=stop the run then stops, naming the first bad iteration; the bad step was never
+applied, and no checkpoint is written after it.
 
-With float16, an overflow of the scaled gradients is routine (the scaler backs off and retries), so
-only a non-finite loss counts as a bad step there.
+With float16 the loss scaler's gradients overflow now and then (it backs off and the step is skipped),
+which is routine: there only a non-finite loss counts as a bad step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from model.errors import TinyGPTError
 
-FLOAT16_INIT_SCALE = 2.0**16
-"""GradScaler's default starting loss scale for float16."""
 
-
-def poison(loss: Tensor) -> Tensor:
-    """loss, whose backward turns every gradient into NaN when loss itself is not finite."""
-    return loss * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
-
-
-def local(t: Tensor) -> Tensor:
-    """This rank's part of a tensor that FSDP shards (a DTensor); a plain tensor as it is."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def full(t: Tensor) -> Tensor:
-    """The whole value of a DTensor (e.g. a norm that is a sum over shards); a plain tensor as it is."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, scale: Tensor) -> Tensor:
-    """Clip the gradients, which are multiplied by the loss `scale`, to a global norm of max_norm
-    (inf: measure only) and return their unscaled norm, all on the device. A non-finite norm makes every
-    gradient NaN, on every rank, so the step is skipped everywhere."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=scale.device)
-    norm = full(torch.nn.utils.get_total_norm(grads)).to(scale.device) / scale
-    coefficient = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    coefficient = torch.where(torch.isfinite(norm), coefficient, float("nan"))
-    for g in grads:
-        local(g).mul_(coefficient.to(g.device))
-    return norm
+def step_unless(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
+    """optimizer.step(), unless `skip` (a 0-d bool tensor on the device) is true. A fused PyTorch
+    optimizer (AdamW with fused=True) reads the flag in its kernel, through the `found_inf` attribute
+    that GradScaler also sets, so nothing waits for the device; any other optimizer (Muon, AdamW on
+    MPS) has the flag read first, a host sync."""
+    if not getattr(optimizer, "defaults", {}).get("fused"):
+        if not bool(skip):
+            optimizer.step()
+        return
+    optimizer.found_inf = skip.float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 class StepGuard:
-    """Scales the loss, clips, and applies or skips each optimizer step, with no host sync; `check()`
-    reads what happened and applies the on_nan policy."""
+    """Decides on the device whether each step is skipped and records the bad ones; `check()` reads
+    them and applies the on_nan policy."""
 
     def __init__(self, device: str, dtype: torch.dtype, policy: str):
         self.device = torch.device(device)
         self.policy = policy
         self.float16 = dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=FLOAT16_INIT_SCALE if self.float16 else 1.0)
-        self.one = torch.ones((), device=self.device)
         self._reset()
 
     def _reset(self) -> None:
         self.bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad = torch.full((3,), float("nan"), device=self.device)  # iteration, loss, gradient norm
 
-    def backward(self, loss: Tensor) -> None:
-        self.scaler.scale(poison(loss)).backward()
-
-    def clip(self, parameters: Iterable[torch.nn.Parameter], max_norm: float) -> Tensor:
-        return clip_gradients(parameters, max_norm, self.scaler.scale(self.one))
-
-    def step(self, optimizer: torch.optim.Optimizer, iter_num: int, loss: Tensor, norm: Tensor) -> None:
-        """Apply the step unless the gradients are non-finite; record it when it is a bad one."""
-        bad = ~torch.isfinite(loss) if self.float16 else ~(torch.isfinite(loss) & torch.isfinite(norm))
+    def skip(self, iter_num: int, loss: Tensor, grad_norm: Tensor) -> Tensor:
+        """Whether to skip this step: its loss or its gradient norm is not finite. A 0-d bool tensor on the
+        device; a bad step is recorded for `check`."""
+        finite_loss = torch.isfinite(loss)
+        skip = ~(finite_loss & torch.isfinite(grad_norm))
+        bad = ~finite_loss if self.float16 else skip
         record = bad & (self.bad_steps == 0)
-        self.first_bad = torch.where(record, torch.stack([torch.full_like(norm, iter_num), loss.float(), norm]),
-                                     self.first_bad)
+        self.first_bad = torch.where(
+            record, torch.stack([torch.full_like(grad_norm, iter_num), loss.float(), grad_norm]), self.first_bad)
         self.bad_steps += bad.long()
-        self.scaler.step(optimizer)
-        # float16: grow or back off the loss scale; otherwise keep it exactly 1
-        self.scaler.update() if self.float16 else self.scaler.update(new_scale=self.one)
-        optimizer.zero_grad(set_to_none=True)
+        return skip
 
     def check(self, echo: Callable[[str], None] = print) -> int:
         """Read the bad steps since the last check (a host sync): raise TinyGPTError under on_nan=stop,
@@ -116,4 +89,3 @@ class StepGuard:
             f"iteration {int(iteration)}: {what}; stopped without applying the step{more}, so the checkpoints in "
             f"out_dir keep the last good weights (try a lower learning_rate, or --on_nan=skip to drop such steps)"
         )
-

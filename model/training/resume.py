@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import model_config_from
-from model.config import GPTConfig, TrainConfig, was_given
+from model.config import GPTConfig, TrainConfig, config_fields, was_given
 from model.errors import TinyGPTError
 
 OVERRIDABLE_MODEL_KEYS = ("dropout",)
@@ -44,11 +44,13 @@ def model_config_for_resume(
 ) -> GPTConfig:
     """The checkpoint's model config, after checking it against the config and data of this run."""
     stored = model_config_from(ckpt)
-    for f in dataclasses.fields(GPTConfig):
+    for f in config_fields(GPTConfig):
         key = f.name
         want, have = getattr(requested, key), getattr(stored, key)
         if want == have or not was_given(requested, key):
             continue
+        if key == "vocab_size" and want == dataset_meta.get("vocab_size"):
+            continue  # the dataset's own vocabulary, which the checkpoint's rows may pad to a round number
         if key in OVERRIDABLE_MODEL_KEYS:
             echo(_override_note(key, want, have))
             stored = dataclasses.replace(stored, **{key: want})
@@ -88,8 +90,4 @@ def train_config_for_resume(
             echo(_override_note(key, want, have))
         else:
             taken[key] = have
-    if not taken:
-        return requested
-    resumed = dataclasses.replace(requested, **taken)
-    resumed.given = requested.given
-    return resumed
+    return dataclasses.replace(requested, **taken)

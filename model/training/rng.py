@@ -9,6 +9,14 @@ import numpy as np
 import torch
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed torch with `seed` on every rank (the same initial weights everywhere), python and numpy with
+    seed + rank."""
+    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+
+
 def rng_state(device: str) -> dict[str, Any]:
     """This rank's RNG states as plain tensors and numbers (checkpoints load with weights_only=True):
     torch's CPU generator, python's and numpy's, and on CUDA the generator of this rank's GPU, which

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -35,7 +34,7 @@ from model.nn.report import GROUPS, Report
 from model.training.distributed import torchrun_env
 from model.training.lock import OutDirLock
 from model.training.resume import model_config_for_resume, train_config_for_resume
-from model.training.rng import restore_rng, rng_state
+from model.training.rng import restore_rng, rng_state, seed_rank
 
 
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
@@ -68,6 +67,13 @@ def padded_vocab_size(vocab_size: int) -> int:
     return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
+def loss_scaler(device: str, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """float16's narrow range needs the loss scaled up (and the gradients back down before they are used)
+    so that small gradients don't underflow: a GradScaler, on for float16 only; with any other dtype it is
+    off and each of its calls does nothing."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
+
+
 class Trainer:
     """Holds a run's state; `run()` trains to max_iters and returns a summary dict."""
 
@@ -75,116 +81,74 @@ class Trainer:
         model_config.check_buildable(require_vocab=False)  # fail before any data is prepared
         if config.init_from != "resume":  # else checked once the checkpoint's schedule is taken
             config.check_schedule()
-        self.config = config
-        self.quiet = quiet
-        self.dist = Distributed(resolve_device(config.device), config.fsdp)
-        self.device = self.dist.device
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.ctx = autocast(self.device, self.dtype)
-        allow_tf32(self.device)
-        self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
-        if self.dist.is_master:
-            remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
-        random.seed(config.seed + self.dist.rank)
-        np.random.seed((config.seed + self.dist.rank) % 2**32)
-        self.batch_generator = torch.Generator().manual_seed(config.seed)  # alike on all ranks: see distributed.py
-        self.windows_drawn = 0
-
-        if not self.dist.is_master:
-            self.dist.barrier()  # wait while rank 0 prepares a known dataset on first use
-        self.dataset = open_dataset(config, self.echo, quiet)
-        if self.dist.is_master:
-            self.dist.barrier()
-        self.tokenizer_meta = self.dataset.meta["tokenizer"]
-        self.iter_num = 0
-        self.best_val_loss = float("inf")
-        resume = None
-        if config.init_from == "resume":
-            resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
-            if model_config.vocab_size == self.dataset.vocab_size:
-                model_config = dataclasses.replace(model_config, vocab_size=None)  # the checkpoint's may be padded
-            self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
-            model_config = model_config_for_resume(resume, model_config, self.dataset.meta,
-                                                   self.out_dir / checkpoint.LATEST, self.echo)
-            config = self.config = train_config_for_resume(resume, config, self.echo)
-            config.check_schedule()
-        if self.dist.is_master:
-            for warning in config.schedule_warnings():
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-        pretrained = None
-        if config.init_from not in ("scratch", "resume"):  # a Hugging Face GPT-2 folder or hub name
-            pretrained = self._load_pretrained(config.init_from)
-            model_config = dataclasses.replace(pretrained.config, dropout=model_config.dropout)
-        model_config = self._fit_vocab(model_config)
-        self.model_config = model_config
-        shards = self.dist.world_size if self.dist.fsdp else 1
-        memory.check_fits(model_config, config, self.device, self.dtype, shards)  # before allocating anything
+        self.config, self.quiet = config, quiet
+        self._start_process()
+        self.dataset = self._open_dataset()
+        resume = self._load_resume() if config.init_from == "resume" else None
+        weights = self._choose_model(model_config, resume)
+        self._settle_schedule(resume)
+        self._check_memory()  # before allocating anything
         self.stop = signals.GracefulStop(self.dist.world_size == 1)  # active inside train(); polled after every step
-
-        kernels.set_enabled(config.kernels)  # the C kernels (CPU) for this process, or PyTorch's ops only
-        self.dist.check_fsdp()
-        weights = resume["model"] if resume is not None else pretrained.state_dict() if pretrained is not None else None
-        if self.dist.fsdp:
-            self.model = self.dist.build_sharded(lambda: apply_kernels(GPT(model_config)), weights, self.dtype)
-        else:
-            self.model = apply_kernels(GPT(model_config))
-            if weights is not None:
-                self.model.load_state_dict(weights)
-            self.model.to(self.device)
-        del weights, pretrained
-        if self.dist.enabled:
-            torch.manual_seed(config.seed + self.dist.rank)  # each rank its own dropout masks
-        self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model (FSDP already sharded it)
-        self.optimizer = make_optimizer(self.model, config, self.device.split(":")[0])
-        if resume is not None:
-            try:
-                self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
-            except (KeyError, ValueError):
-                raise TinyGPTError(
-                    f"the checkpoint's optimizer state does not fit optimizer='{config.optimizer}'; "
-                    "resume with the optimizer the run was started with"
-                ) from None
-            self.iter_num = int(resume["iter_num"])
-            self.best_val_loss = float(resume["best_val_loss"])
-            self._restore_position(resume)
-        self.guard = nonfinite.StepGuard(self.device, self.dtype, config.on_nan)
-        self.batches = data.BatchLoader(self.dataset, "train", config.batch_size, model_config.block_size,
-                                        self.batch_generator, self.device, self.dist.rank, self.dist.world_size)
-        self.compile = config.compile if config.compile is not None else self.device.startswith("cuda")
-        self.step_model = torch.compile(self.wrapped_model) if self.compile else self.wrapped_model
-        self.config_dict = to_dict(model_config, config)
-        if self.dist.is_master:
-            checkpoint.write_config_json(self.out_dir, self.config_dict)
-        self.logger = RunLogger(
-            self.out_dir, self.config_dict, config.wandb_log, config.wandb_project, config.wandb_run_name,
-            enabled=self.dist.is_master,
-            wandb_mode=config.wandb_mode, wandb_log_checkpoint=config.wandb_log_checkpoint,
-            resume_iter=self.iter_num if resume is not None else None,
-            wandb_run_id=resume.get("wandb_run_id") if resume is not None else None,
-        )
-        # kept in every checkpoint, also by a run that doesn't log to wandb, for a later resume that does
-        self.wandb_run_id = self.logger.wandb_run_id or (resume.get("wandb_run_id") if resume is not None else None)
-        self.mfu = MFUMeter(model_config, config.peak_flops, self.device, self.dtype)
-
-    def _restore_position(self, resume: dict[str, Any]) -> None:
-        """Put the data sampler and this rank's RNGs back where the checkpointed run left them."""
-        position = resume.get("data_position")
-        if position is not None:
-            self.batch_generator.set_state(position["batch_generator"])
-            self.windows_drawn = int(position["windows_drawn"])
-        states = resume.get("rng")  # one state per rank that wrote the checkpoint
-        if not states:
-            return
-        if len(states) == self.dist.world_size:
-            restore_rng(states[self.dist.rank], self.device)
-        else:
-            self.echo(f"note: checkpoint was written by {len(states)} rank(s), this run has "
-                      f"{self.dist.world_size}; dropout and other RNGs restart from seed + rank")
+        kernels.set_enabled(self.config.kernels)  # the C kernels (CPU) for this process, or PyTorch's ops only
+        self._build_model(weights)
+        del weights  # a pretrained model's tensors: the model holds its own copy now
+        self._build_optimizer(resume)
+        self._start_logs(resume)
 
     def echo(self, message: str) -> None:
         if not self.quiet and self.dist.is_master:
             tqdm.write(message, file=sys.stdout)
+
+    # -- set-up, in the order __init__ runs it ---------------------------------------------------
+    def _start_process(self) -> None:
+        """This rank's place among the ranks, its device and precision, out_dir, and the seeds."""
+        c = self.config
+        self.dist = Distributed(resolve_device(c.device), c.fsdp)
+        self.device = self.dist.device
+        self.dtype = resolve_dtype(c.dtype, self.device)
+        self.ctx = autocast(self.device, self.dtype)
+        allow_tf32(self.device)
+        self.out_dir = _make_out_dir(c.out_dir) if self.dist.is_master else Path(c.out_dir)
+        if self.dist.is_master:
+            remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
+        seed_rank(c.seed, self.dist.rank)
+        self.batch_generator = torch.Generator().manual_seed(c.seed)  # alike on all ranks: see distributed.py
+        self.iter_num = 0
+        self.best_val_loss = float("inf")
+
+    def _open_dataset(self) -> data.TokenDataset:
+        """The dataset; rank 0 prepares a known one on first use while the other ranks wait."""
+        if not self.dist.is_master:
+            self.dist.barrier()
+        dataset = open_dataset(self.config, self.echo, self.quiet)
+        if self.dist.is_master:
+            self.dist.barrier()
+        self.tokenizer_meta = dataset.meta["tokenizer"]
+        return dataset
+
+    def _load_resume(self) -> dict[str, Any]:
+        path = self.out_dir / checkpoint.LATEST
+        resume = checkpoint.load_checkpoint(path, "cpu")
+        self.echo(f"resuming from {path} at iteration {resume['iter_num']}")
+        return resume
+
+    def _choose_model(self, requested: GPTConfig, resume: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
+        """Set model_config: a resumed run's checkpoint's (checked against the requested one and the
+        dataset), a Hugging Face model's for init_from=NAME, else the requested one; each fitted to the
+        dataset's vocabulary. Returns the weights to start from, None for a new model."""
+        weights = None
+        if resume is not None:
+            model_config = model_config_for_resume(resume, requested, self.dataset.meta,
+                                                   self.out_dir / checkpoint.LATEST, self.echo)
+            weights = resume["model"]
+        elif self.config.init_from != "scratch":  # a Hugging Face GPT-2 folder or hub name
+            pretrained = self._load_pretrained(self.config.init_from)
+            model_config = dataclasses.replace(pretrained.config, dropout=requested.dropout)
+            weights = pretrained.state_dict()
+        else:
+            model_config = requested
+        self.model_config = self._fit_vocab(model_config)
+        return weights
 
     def _load_pretrained(self, name_or_dir: str) -> GPT:
         from model.huggingface import load_pretrained
@@ -212,6 +176,91 @@ class Trainer:
                 f"'{self.config.dataset}' vocabulary ({data_vocab} tokens)"
             )
         return model_config
+
+    def _settle_schedule(self, resume: dict[str, Any] | None) -> None:
+        """A resumed run takes the checkpoint's learning-rate schedule wherever no config file or flag
+        sets it (then checks it); every run warns about a surprising one."""
+        if resume is not None:
+            self.config = train_config_for_resume(resume, self.config, self.echo)
+            self.config.check_schedule()
+        if self.dist.is_master:
+            for warning in self.config.schedule_warnings():
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+    def _check_memory(self) -> None:
+        shards = self.dist.world_size if self.dist.fsdp else 1
+        memory.check_fits(self.model_config, self.config, self.device, self.dtype, shards)
+
+    def _build_model(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """The model on the device with `weights` (else newly initialised), sharded by FSDP or wrapped
+        by DDP under torchrun, and compiled when asked to."""
+        self.dist.check_fsdp()
+        if self.dist.fsdp:
+            self.model = self.dist.build_sharded(lambda: apply_kernels(GPT(self.model_config)), weights, self.dtype)
+        else:
+            self.model = apply_kernels(GPT(self.model_config))
+            if weights is not None:
+                self.model.load_state_dict(weights)
+            self.model.to(self.device)
+        if self.dist.enabled:
+            torch.manual_seed(self.config.seed + self.dist.rank)  # each rank its own dropout masks
+        self.wrapped_model = self.dist.wrap(self.model)  # DDP wrapper, or self.model (FSDP already sharded it)
+        self.compile = self.config.compile if self.config.compile is not None else self.device.startswith("cuda")
+        self.step_model = torch.compile(self.wrapped_model) if self.compile else self.wrapped_model
+
+    def _build_optimizer(self, resume: dict[str, Any] | None) -> None:
+        """The optimizer, the float16 loss scaler, the NaN guard and the batches; a resumed run's
+        optimizer state, iteration, data position and RNGs."""
+        c = self.config
+        self.optimizer = make_optimizer(self.model, c, self.device.split(":")[0])
+        if resume is not None:
+            self._restore_training_state(resume)
+        self.scaler = loss_scaler(self.device, self.dtype)
+        self.guard = nonfinite.StepGuard(self.device, self.dtype, c.on_nan)
+        self.batches = data.BatchLoader(self.dataset, "train", c.batch_size, self.model_config.block_size,
+                                        self.batch_generator, self.device, self.dist.rank, self.dist.world_size)
+
+    def _restore_training_state(self, resume: dict[str, Any]) -> None:
+        """Where the checkpointed run left off: optimizer state, iteration, best validation loss, the
+        data sampler's position and this rank's RNGs."""
+        try:
+            self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
+        except (KeyError, ValueError):
+            raise TinyGPTError(
+                f"the checkpoint's optimizer state does not fit optimizer='{self.config.optimizer}'; "
+                "resume with the optimizer the run was started with"
+            ) from None
+        self.iter_num = int(resume["iter_num"])
+        self.best_val_loss = float(resume["best_val_loss"])
+        position = resume.get("data_position")  # a 'windows_drawn' count beside it, in some checkpoints, is unused
+        if position is not None:
+            self.batch_generator.set_state(position["batch_generator"])
+        states = resume.get("rng")  # one state per rank that wrote the checkpoint
+        if not states:
+            return
+        if len(states) == self.dist.world_size:
+            restore_rng(states[self.dist.rank], self.device)
+        else:
+            self.echo(f"note: checkpoint was written by {len(states)} rank(s), this run has "
+                      f"{self.dist.world_size}; dropout and other RNGs restart from seed + rank")
+
+    def _start_logs(self, resume: dict[str, Any] | None) -> None:
+        """config.json, metrics.jsonl (and wandb) through the run logger, and the MFU meter."""
+        self.config_dict = to_dict(self.model_config, self.config)
+        if self.dist.is_master:
+            checkpoint.write_config_json(self.out_dir, self.config_dict)
+        c = self.config
+        resumed_run_id = resume.get("wandb_run_id") if resume is not None else None
+        self.logger = RunLogger(
+            self.out_dir, self.config_dict, c.wandb_log, c.wandb_project, c.wandb_run_name,
+            enabled=self.dist.is_master,
+            wandb_mode=c.wandb_mode, wandb_log_checkpoint=c.wandb_log_checkpoint,
+            resume_iter=self.iter_num if resume is not None else None,
+            wandb_run_id=resumed_run_id,
+        )
+        # kept in every checkpoint, also by a run that doesn't log to wandb, for a later resume that does
+        self.wandb_run_id = self.logger.wandb_run_id or resumed_run_id
+        self.mfu = MFUMeter(self.model_config, c.peak_flops, self.device, self.dtype)
 
     # -- pieces of the loop --------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -244,7 +293,7 @@ class Trainer:
             best_val_loss=self.best_val_loss,
             config=self.config_dict,
             rng=rng_per_rank,
-            data_position={"batch_generator": self.batches.generator_state(), "windows_drawn": self.windows_drawn},
+            data_position={"batch_generator": self.batches.generator_state()},
             wandb_run_id=self.wandb_run_id,
         )
         checkpoint.save_checkpoint(self.out_dir / name, state)
@@ -255,21 +304,27 @@ class Trainer:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        total = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
         for micro_step in range(c.gradient_accumulation_steps):
             x, y = self.batches.next()
-            self.windows_drawn += c.batch_size * self.dist.world_size
             with self.dist.gradient_sync(self.wrapped_model, micro_step == c.gradient_accumulation_steps - 1):
                 with self.ctx:
                     _, loss = self.step_model(x, y)
                     loss = loss / c.gradient_accumulation_steps
-                self.guard.backward(loss)
-            total += loss.detach()
-        total = self.dist.mean(total)
+                self.scaler.scale(loss).backward()  # float16: the loss scaled up; otherwise as it is
+            loss_sum += loss.detach()
+        loss = self.dist.mean(loss_sum)
+        self.scaler.unscale_(self.optimizer)  # float16: the true gradients again, for clipping and the step
         # with clipping off, an infinite threshold still measures the norm (for the logs) and clips nothing
-        grad_norm = self.guard.clip(self.model.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf"))
-        self.guard.step(self.optimizer, self.iter_num, total, grad_norm)
-        return total, grad_norm
+        max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.dist.fsdp:
+            grad_norm = grad_norm.full_tensor()  # a DTensor: the norm over every rank's shards
+        skip = self.guard.skip(self.iter_num, loss, grad_norm)  # a non-finite loss or norm: never applied
+        nonfinite.step_unless(self.optimizer, skip)
+        self.scaler.update()  # float16: grow the loss scale, or back it off after an overflow
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
 
     def eval_and_checkpoint(self) -> None:
         losses = self.evaluate()
