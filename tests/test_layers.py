@@ -17,10 +17,10 @@ LAYERS = [
     ("base", ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
     ("kernels", ["model.kernels"]),
     ("nn", ["model.nn"]),
-    ("data", ["model.data", "model.checkpoint", "model.huggingface"]),
+    ("data", ["model.data", "model.checkpoint", "model.huggingface", "model.sources"]),
     ("workflows", ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
     ("programs", ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
-                  "model.visualize", "model.serve", "model.eval"]),
+                  "model.visualize", "model.attention", "model.serve", "model.eval"]),
 ]
 
 

@@ -112,7 +112,7 @@ class Trainer:
             for warning in config.schedule_warnings():
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
         pretrained = None
-        if config.init_from not in ("scratch", "resume"):  # a Hugging Face GPT-2 folder or hub name
+        if config.init_from not in ("scratch", "resume"):  # a MODEL: run, checkpoint, GPT-2 folder or hub name
             pretrained = self._load_pretrained(config.init_from)
             model_config = dataclasses.replace(pretrained.config, dropout=model_config.dropout)
         model_config = self._fit_vocab(model_config)
@@ -186,9 +186,9 @@ class Trainer:
             tqdm.write(message, file=sys.stdout)
 
     def _load_pretrained(self, name_or_dir: str) -> GPT:
-        from model.huggingface import load_pretrained
+        from model.sources import load_any_model
 
-        model, tok = load_pretrained(name_or_dir)
+        model, tok = load_any_model(name_or_dir)
         if tok.to_meta() != self.tokenizer_meta:
             raise TinyGPTError(
                 f"init_from={name_or_dir} uses tokenizer {tok.to_meta()['kind']} ({tok.vocab_size} tokens) but dataset "
