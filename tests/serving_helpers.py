@@ -47,6 +47,13 @@ def make_hf_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def free_port() -> int:
+    """A loopback port no one listens on (free when this returns)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def serve(out_dirs=(), init_from=(), max_batch=4, max_waiting=8, api_key=None, **limits):
     """An app serving the given runs, and its ServedModels."""
     from model.serving.api import Limits, create_app

@@ -123,6 +123,29 @@ def test_sample_cli_from_hf_folder_equals_transformers_greedy(hf_dir, capsys):
     assert capsys.readouterr().out == prompt + expected + "\n---------------\n"
 
 
+@pytest.mark.needs_gpt2
+def test_default_greedy_text_is_transformers_on_a_cpu_with_native_bf16(tmp_path, capsys, monkeypatch):
+    """With default flags, sample.py decodes in the checkpoint's float32, also where training's dtype=auto
+    would pick bfloat16: its greedy text is transformers' generate()."""
+    import model.device
+
+    # wider weights than GPT-2's init: a text of varied tokens, whose argmax bfloat16 rounding changes
+    ref = small_gpt2(n_embd=64, n_positions=64, initializer_range=0.3)
+    folder = tmp_path / "gpt2-wide-random"
+    ref.save_pretrained(folder)
+    monkeypatch.setattr(model.device, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert model.device.resolve_dtype("auto", "cpu") == torch.bfloat16  # training's auto is unchanged
+    tok = TiktokenTokenizer("gpt2")
+    prompt = "The meaning of life is"
+    idx = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        out = ref.generate(idx, max_new_tokens=24, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(idx))
+    expected = tok.enc.decode_bytes(out[0, idx.size(1):].tolist()).decode("utf-8", errors="replace")
+    args = [f"--init_from={folder}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=24", "--temperature=0"]
+    assert sample_main(args) == 0
+    assert capsys.readouterr().out == prompt + expected + "\n---------------\n"
+
+
 @pytest.fixture
 def gpt2_data_dir(tmp_path, corpus):
     from model.data.dataset import prepare
