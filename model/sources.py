@@ -66,8 +66,8 @@ def resolve_model(name: str | Path, hub: bool = True) -> ModelSource:
         if (path / CONFIG_FILE).is_file() and any((path / file).is_file() for file in WEIGHTS_FILES):
             return ModelSource(HF_FOLDER, str(name))
         raise TinyGPTError(
-            f"{path} holds neither a checkpoint ({BEST}, {LATEST}) nor a Hugging Face model ({CONFIG_FILE} "
-            f"with {' or '.join(WEIGHTS_FILES)}); train a model into it first, or name another folder"
+            f"no checkpoint in {path}: it holds neither a checkpoint ({BEST}, {LATEST}) nor a Hugging Face model "
+            f"({CONFIG_FILE} with {' or '.join(WEIGHTS_FILES)}); train a model into it first, or name another folder"
         )
     if hub and looks_like_hub_name(str(name)):
         return ModelSource(HUB, str(name))

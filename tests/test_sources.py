@@ -75,8 +75,8 @@ def test_the_resolver_tells_the_four_kinds_apart(models):
     ("missing-run/ckpt.pt", True, "checkpoint not found: missing-run/ckpt.pt"),  # a checkpoint's name: no hub id
     ("./missing", True, "checkpoint not found"),  # a path, not a hub id
     ("gpt2", False, "checkpoint not found: gpt2"),  # --out_dir and --checkpoint never go to the hub
-    ("empty", True, "holds neither a checkpoint (best.pt, ckpt.pt) nor a Hugging Face model"),
-    ("config-only", True, "holds neither a checkpoint"),  # a run's config.json before its first checkpoint
+    ("empty", True, "no checkpoint in empty: it holds neither a checkpoint (best.pt, ckpt.pt) nor a Hugging Face model"),
+    ("config-only", True, "no checkpoint in config-only"),  # a run's config.json before its first checkpoint
 ])
 def test_the_resolver_refuses_what_is_no_model_in_one_line(tmp_path, monkeypatch, name, hub, message):
     monkeypatch.chdir(tmp_path)
