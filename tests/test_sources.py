@@ -154,6 +154,20 @@ def test_serve_takes_each_kind_and_several_at_once(capsys, models, hub, devices,
     assert len(texts) == 1 and len(texts.pop()) == 16  # the same weights, whichever way they were named
 
 
+def test_train_init_from_takes_a_run_folder_and_a_checkpoint_file(trained_once, tmp_path):
+    from helpers import flags, tiny_overrides
+    from model.cli import train_main
+
+    start, _, _ = load_model(trained_once)
+    for name in (trained_once, trained_once / "ckpt.pt"):
+        out = tmp_path / Path(name).name
+        values = tiny_overrides(trained_once.parent / "data", out, init_from=name, max_iters=0, eval_iters=1)
+        assert train_main(flags(values) + ["--quiet"]) == 0
+        finetuned, _, _ = load_model(out / "ckpt.pt")
+        for (key, ours), theirs in zip(finetuned.state_dict().items(), start.state_dict().values()):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=key)
+
+
 def test_auto_precision_is_the_checkpoints_own(models, tmp_path, monkeypatch):
     """'auto' keeps the precision the checkpoint stores (float32 for GPT-2's and tinygpt's, also on a
     CPU where training's auto picks bfloat16); a checkpoint stored in bfloat16 runs in bfloat16."""
