@@ -521,7 +521,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     for name, text in limit_help.items():
         parser.add_argument(f"--{name}", type=int, default=getattr(limits, name), help=text)
     parser.add_argument("--quiet", action="store_true", help="no access log")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
                  "max_attention_tokens"):
         if getattr(args, name) < 1:

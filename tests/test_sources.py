@@ -144,7 +144,8 @@ def test_serve_takes_each_kind_and_several_at_once(capsys, models, hub, devices,
 
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    assert serve_main([*models.values(), f"--out_dir={models['run']}", f"--port={free_port()}", "--quiet"]) == 0
+    first, *others = models.values()
+    assert serve_main([first, "--quiet", *others, f"--out_dir={models['run']}", f"--port={free_port()}"]) == 0
     assert devices == ["auto"]
     with TestClient(apps[0]) as client:
         ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
