@@ -141,13 +141,11 @@ def gpt_from_hf(hf_config: dict[str, Any], weights: dict[str, torch.Tensor], sou
 
 
 def load_pretrained(
-    name_or_dir: str | Path, device: str | torch.device = "cpu"
+    folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer]:
-    """A GPT-2 model and its tokenizer from a save_pretrained folder, or from the hub by name
-    (gpt2, gpt2-medium, ...) when it is reachable."""
-    folder = Path(name_or_dir)
-    if not folder.is_dir():
-        folder = download(str(name_or_dir))
+    """A GPT-2 model and its tokenizer from a save_pretrained folder (model.sources.load_any_model
+    also takes a hub name)."""
+    folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise TinyGPTError(f"{folder} has no config.json; expected a transformers save_pretrained folder")

@@ -16,7 +16,7 @@ import torch
 from model.checkpoint import BEST, CONFIG_FILE, LATEST, load_model
 from model.data.tokenizer import CharTokenizer, TiktokenTokenizer
 from model.errors import TinyGPTError
-from model.huggingface import WEIGHTS_FILES, load_pretrained
+from model.huggingface import WEIGHTS_FILES, download, load_pretrained
 from model.nn.gpt import GPT
 
 RUN = "run"
@@ -88,7 +88,9 @@ def looks_like_hub_name(name: str) -> bool:
 
 def load_source(source: ModelSource, device: str | torch.device = "cpu") -> tuple[GPT, CharTokenizer | TiktokenTokenizer]:
     """The model (on `device`, in the precision its checkpoint stores) and its tokenizer."""
-    if source.hugging_face:
+    if source.kind == HUB:
+        return load_pretrained(download(source.location), device)
+    if source.kind == HF_FOLDER:
         return load_pretrained(source.location, device)
     model, tok, _ = load_model(source.location, device)
     return model, tok

@@ -18,6 +18,7 @@ from helpers import ROOT
 from model import huggingface
 from model.checkpoint import load_model
 from model.cli import eval_main, hf_main, sample_main, serve_main, visualize_main
+from model import sources
 from model.errors import TinyGPTError
 from model.sources import resolve_model
 from serving_helpers import free_port, make_run
@@ -46,7 +47,7 @@ def hub(models, monkeypatch):
             raise TinyGPTError(f"no {name} on this stand-in hub")
         return Path(models["hf_folder"])
 
-    monkeypatch.setattr(huggingface, "download", download)
+    monkeypatch.setattr(sources, "download", download)
 
 
 @pytest.fixture
