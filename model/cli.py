@@ -11,9 +11,13 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.config import DTYPES, check_seed, parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
+
+if TYPE_CHECKING:
+    from model.sources import ModelSource
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -103,7 +107,7 @@ def add_model_flags(parser: argparse.ArgumentParser, init_from: bool = True) -> 
                             "--out_dir); 'resume', as in nanoGPT, reads --out_dir")
 
 
-def named_model(args: argparse.Namespace):
+def named_model(args: argparse.Namespace) -> ModelSource:
     """The ModelSource that MODEL, or else --init_from, --checkpoint or --out_dir (in that order), names."""
     from model.sources import resolve_model
 
@@ -126,8 +130,9 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         "transformers computes; bfloat16 halves the weights' memory traffic")
 
 
-def load_for_inference(source, args: argparse.Namespace):
-    """(model, tokenizer, device, dtype): the model named on `args.device`, and the precision to run it in."""
+def load_for_inference(source: ModelSource, args: argparse.Namespace) -> tuple:
+    """(model, tokenizer, device, dtype): the model `source` names on `args.device`, and the precision
+    `args.dtype` asks to run it in."""
     from model.device import resolve_device, resolve_inference_dtype
     from model.sources import load_source
 
@@ -371,7 +376,7 @@ def hf_main(argv: list[str] | None = None) -> int:
     model, tok = load_any_model(args.model)
     folder = save_pretrained(model, args.dest, tok)
     print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
-          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py --init_from={folder}")
+          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py {folder}")
     return 0
 
 
@@ -387,7 +392,7 @@ def _pick(value: int | None, count: int, name: str) -> list[int]:
 def visualize_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(
         prog="python -m model.visualize",
-        description="Draw a checkpoint's attention patterns over a prompt: one heatmap per layer and head.",
+        description="Draw a model's attention patterns over a prompt: one heatmap per layer and head.",
     )
     add_model_flags(parser, init_from=False)
     parser.add_argument("--start", default="ROMEO:\nBut soft, what light", help="prompt text, or FILE:path")

@@ -39,11 +39,6 @@ class ModelSource:
     location: str
 
     @property
-    def hugging_face(self) -> bool:
-        """Whether it is in transformers' format (a folder or a hub name), else a tinygpt checkpoint."""
-        return self.kind in (HF_FOLDER, HUB)
-
-    @property
     def name(self) -> str:
         """What to call it: the run's or the folder's name, a checkpoint's folder's name, the hub name."""
         if self.kind == HUB:

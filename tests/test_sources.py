@@ -68,7 +68,6 @@ def output_of(capsys, main, argv: list[str]) -> str:
 def test_the_resolver_tells_the_four_kinds_apart(models):
     assert {kind: resolve_model(name).kind for kind, name in models.items()} == {kind: kind for kind in KINDS}
     assert [resolve_model(name).name for name in models.values()] == ["run", "run", "exported", HUB_NAME]
-    assert [resolve_model(name).hugging_face for name in models.values()] == [False, False, True, True]
     assert resolve_model("gpt2").kind == "hub" and resolve_model("openai-community/gpt2").kind == "hub"
 
 

@@ -7,6 +7,7 @@ never by a path: the server only ever reads the files it was started with.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class ServedModel:
         }
 
 
-def find_sources(models: list[ModelSource], runs_dirs: list[str] = ()) -> list[Source]:
+def find_sources(models: Sequence[ModelSource], runs_dirs: Sequence[str] = ()) -> list[Source]:
     """The models to serve, with unique ids: every run (a folder holding best.pt or ckpt.pt) directly
     inside each runs folder, then each of `models`."""
     found: list[ModelSource] = []
