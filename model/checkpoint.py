@@ -129,19 +129,25 @@ def model_config_from(ckpt: dict[str, Any]) -> configs.GPTConfig:
     return configs.GPTConfig(**values)
 
 
+def stored_dtype(weights: dict[str, torch.Tensor]) -> torch.dtype:
+    """The precision a checkpoint stores its weights in: that of its floating-point tensors (float32
+    for tinygpt's own checkpoints, which keep float32 weights whatever the training's autocast was)."""
+    return next((t.dtype for t in weights.values() if t.is_floating_point()), torch.float32)
+
+
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer, dict[str, Any]]:
-    """Build the GPT stored in a checkpoint file (or in out_dir's best/latest); returns model,
-    tokenizer and the raw checkpoint dict. The checkpoint is read into CPU memory and only the model's
-    weights go to `device` (not the optimizer state, twice their size)."""
+    """Build the GPT stored in a checkpoint file (or in out_dir's best/latest), in the precision the
+    checkpoint stores; returns model, tokenizer and the raw checkpoint dict. The checkpoint is read
+    into CPU memory and only the model's weights go to `device` (not the optimizer state, twice their size)."""
     ckpt = load_checkpoint(path, "cpu")
     model = GPT(model_config_from(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise TinyGPTError(f"checkpoint weights don't match its config: {first_line(e)}") from None
-    model.to(device)
+    model.to(device=device, dtype=stored_dtype(ckpt["model"]))
     return model, tokenizers.from_meta(ckpt["tokenizer"]), ckpt
 
 

@@ -11,9 +11,13 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model.config import check_device, check_seed, parse_bool
+from model.config import DTYPES, check_seed, parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
+
+if TYPE_CHECKING:
+    from model.sources import ModelSource
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -86,13 +90,61 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+MODEL_HELP = ("a training run folder (its best.pt, else ckpt.pt), a checkpoint file, a Hugging Face GPT-2 "
+              "save_pretrained folder, or a hub name such as gpt2")
+DEFAULT_OUT_DIR = "out"
+"""The run folder sample.py and visualize read when no model is named, as train.py writes by default."""
+
+
+def add_model_flags(parser: argparse.ArgumentParser, init_from: bool = True) -> None:
+    """MODEL as an optional positional argument, and nanoGPT's flags that name one (sample.py, visualize)."""
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=f"{MODEL_HELP} (default: --out_dir)")
+    parser.add_argument("--out_dir", default=None, help=f"training run folder (default: {DEFAULT_OUT_DIR})")
+    parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
+    if init_from:
+        parser.add_argument("--init_from", default=None,
+                            help="a Hugging Face GPT-2 save_pretrained folder or a hub name such as gpt2 (overrides "
+                            "--out_dir); 'resume', as in nanoGPT, reads --out_dir")
+
+
+def named_model(args: argparse.Namespace) -> ModelSource:
+    """The ModelSource that MODEL, or else --init_from, --checkpoint or --out_dir (in that order), names."""
+    from model.sources import resolve_model
+
+    init_from = getattr(args, "init_from", None)
+    init_from = None if init_from == "resume" else init_from
+    if args.model is not None:
+        if init_from is not None or args.checkpoint is not None or args.out_dir is not None:
+            raise TinyGPTError("name the model once: MODEL, or --out_dir, --checkpoint or --init_from")
+        return resolve_model(args.model)
+    if init_from is not None:
+        return resolve_model(init_from)
+    return resolve_model(args.checkpoint or args.out_dir or DEFAULT_OUT_DIR, hub=False)
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as every command that runs a trained model takes them."""
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="auto: the checkpoint's own precision (float32 for GPT-2 and tinygpt checkpoints), as "
+                        "transformers computes; bfloat16 halves the weights' memory traffic")
+
+
+def load_for_inference(source: ModelSource, args: argparse.Namespace) -> tuple:
+    """(model, tokenizer, device, dtype): the model `source` names on `args.device`, and the precision
+    `args.dtype` asks to run it in."""
+    from model.device import resolve_device, resolve_inference_dtype
+    from model.sources import load_source
+
+    device = resolve_device(args.device)
+    model, tok = load_source(source, device)
+    return model, tok, device, resolve_inference_dtype(args.dtype, model)
+
+
 @guarded
 def sample_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description="Sample text from a trained checkpoint or a GPT-2 model.")
-    parser.add_argument("--out_dir", default="out", help="training run folder (uses best.pt, else ckpt.pt)")
-    parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
-    parser.add_argument("--init_from", default=None,
-                        help="a Hugging Face GPT-2 save_pretrained folder, or a hub name such as gpt2 (overrides --out_dir)")
+    add_model_flags(parser)
     parser.add_argument("--start", default=None,
                         help="prompt text, or FILE:path to read it from a file (default: a newline, or the "
                         "vocabulary's first token if it has none)")
@@ -104,9 +156,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", action="append", default=[],
                         help="end a sample at this string, which is left out (repeatable)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 where the device computes in it natively, float16 on older GPUs, else float32")
+    add_inference_flags(parser)
     parser.add_argument("--c_decode", type=parse_bool, default=True,
                         help="on a CPU, decode one sample's tokens in C (model/kernels/decode.py; built once with "
                         "the system C compiler, a few seconds); False keeps PyTorch's ops")
@@ -125,22 +175,13 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise TinyGPTError(f"--top_p must be in (0, 1], got {args.top_p}")
     check_seed("--seed", args.seed)
-    check_device("--device", args.device)
+    source = named_model(args)
 
-    from model.checkpoint import load_model
-    from model.device import resolve_device, resolve_dtype
     from model.sampling.generate import generate_text, prepare_for_sampling
     from model.progress import progress
     from model.training.memory import check_sampling_fits
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    if args.init_from is not None:
-        from model.huggingface import load_pretrained
-
-        model, tok = load_pretrained(args.init_from, device)
-    else:
-        model, tok, _ = load_model(args.checkpoint or args.out_dir, device)
+    model, tok, device, dtype = load_for_inference(source, args)
     prepare_for_sampling(model, dtype, c_decode=args.c_decode)
     prompt = read_prompt(args.start) if args.start is not None else default_prompt(tok)
     ids = tok.encode(prompt)
@@ -322,20 +363,20 @@ def runs_main(argv: list[str] | None = None) -> int:
 
 @guarded
 def hf_main(argv: list[str] | None = None) -> int:
-    """`python -m model.hf CHECKPOINT DEST`: export a tinygpt checkpoint as a transformers GPT-2 folder."""
-    from model.checkpoint import load_model
+    """`python -m model.hf MODEL DEST`: export a model as a transformers GPT-2 folder."""
     from model.huggingface import save_pretrained
+    from model.sources import load_any_model
 
     parser = OneLineArgumentParser(
-        prog="python -m model.hf", description="Export a tinygpt checkpoint as a Hugging Face transformers GPT-2 folder."
+        prog="python -m model.hf", description="Export a model as a Hugging Face transformers GPT-2 folder."
     )
-    parser.add_argument("checkpoint", help="a checkpoint file, or a training run folder (best.pt, else ckpt.pt)")
-    parser.add_argument("dest", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("dest", metavar="DEST", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    model, tok, _ = load_model(args.checkpoint)
+    model, tok = load_any_model(args.model)
     folder = save_pretrained(model, args.dest, tok)
     print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
-          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py --init_from={folder}")
+          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py {folder}")
     return 0
 
 
@@ -351,25 +392,24 @@ def _pick(value: int | None, count: int, name: str) -> list[int]:
 def visualize_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(
         prog="python -m model.visualize",
-        description="Draw a checkpoint's attention patterns over a prompt: one heatmap per layer and head.",
+        description="Draw a model's attention patterns over a prompt: one heatmap per layer and head.",
     )
-    parser.add_argument("--out_dir", default="out", help="training run folder (uses best.pt, else ckpt.pt)")
-    parser.add_argument("--checkpoint", default=None, help="a specific checkpoint file (overrides --out_dir)")
+    add_model_flags(parser, init_from=False)
     parser.add_argument("--start", default="ROMEO:\nBut soft, what light", help="prompt text, or FILE:path")
     parser.add_argument("--layer", type=int, default=None, help="only this layer (0-based); default all")
     parser.add_argument("--head", type=int, default=None, help="only this head (0-based); default all")
     parser.add_argument("--out", default="attention.png", help="the PNG to write")
     parser.add_argument("--save", default=None, help="also write the raw weights to this .npy or .json file")
-    parser.add_argument("--device", default="cpu")
+    add_inference_flags(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.save is not None and Path(args.save).suffix not in (".npy", ".json"):
         raise TinyGPTError(f"--save must end in .npy or .json, got '{args.save}'")
+    source = named_model(args)
 
-    from model.checkpoint import load_model
-    from model.device import resolve_device
     from model.tools.visualize import attention_weights, plot_attention, save_weights, token_labels
 
-    model, tokenizer, _ = load_model(args.checkpoint or args.out_dir, resolve_device(args.device))
+    model, tokenizer, _, dtype = load_for_inference(source, args)
+    model.to(dtype)
     prompt = read_prompt(args.start)
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -389,21 +429,6 @@ def visualize_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_any_model(path: str, device: str):
-    """(model, tokenizer) from a checkpoint file, a training run folder, or a Hugging Face GPT-2 folder."""
-    from model.checkpoint import BEST, LATEST, load_model
-    from model.huggingface import load_pretrained
-
-    folder = Path(path)
-    if folder.is_dir() and not any((folder / name).is_file() for name in (BEST, LATEST)):
-        if not (folder / "config.json").is_file():
-            raise TinyGPTError(f"{folder} holds neither a checkpoint ({BEST}, {LATEST}) nor a Hugging Face "
-                               "model (config.json)")
-        return load_pretrained(folder, device)
-    model, tok, _ = load_model(folder, device)
-    return model, tok
-
-
 @guarded
 def eval_main(argv: list[str] | None = None) -> int:
     import json
@@ -412,24 +437,24 @@ def eval_main(argv: list[str] | None = None) -> int:
         prog="python -m model.eval",
         description="Evaluate a model: loss and bits per byte over a text, or multiple-choice accuracy.",
     )
-    parser.add_argument("model", help="a checkpoint file, a training run folder, or a Hugging Face GPT-2 folder")
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--text", help="a UTF-8 text file: loss and bits per byte over every token")
     task.add_argument("--dataset", help="a prepared dataset's name: loss and bits per byte over its validation split")
     task.add_argument("--hellaswag", help="multiple-choice items in HellaSwag's jsonl format (ctx, endings, label)")
     parser.add_argument("--data_dir", default="data", help="where --dataset is prepared")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    parser.add_argument("--device", default="cpu")
+    add_inference_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.batch_size < 1:
         raise TinyGPTError("--batch_size must be >= 1")
 
-    from model.device import resolve_device
+    from model.sources import resolve_model
 
-    device = resolve_device(args.device)
-    model, tok = load_any_model(args.model, device)
+    model, tok, device, dtype = load_for_inference(resolve_model(args.model), args)
+    model.to(dtype)
     if args.hellaswag:
         from model.evaluation.multiple_choice import read_items, score_items
 
@@ -484,6 +509,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         prog="python -m model.serve", epilog=SERVE_EPILOG,
         description="Serve trained models: a playground page and an OpenAI-compatible completions API.",
     )
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"{MODEL_HELP} (default: --out_dir={DEFAULT_OUT_DIR})")
     parser.add_argument("--out_dir", action="append", default=[],
                         help="a training run folder (best.pt, else ckpt.pt) or checkpoint file; repeatable")
     parser.add_argument("--runs", action="append", default=[], help="serve every run folder inside this folder")
@@ -492,8 +518,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api_key", default=None, help=f"require this key on API requests (default: ${API_KEY_ENV})")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_inference_flags(parser)
     parser.add_argument("--c_decode", type=parse_bool, default=True,
                         help="on a CPU, decode a lone text's tokens in C (model/kernels/decode.py); False keeps PyTorch's ops")
     parser.add_argument("--max_batch", type=int, default=8, help="texts decoded together (concurrent streams)")
@@ -501,7 +526,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     for name, text in limit_help.items():
         parser.add_argument(f"--{name}", type=int, default=getattr(limits, name), help=text)
     parser.add_argument("--quiet", action="store_true", help="no access log")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
                  "max_attention_tokens"):
         if getattr(args, name) < 1:
@@ -520,15 +545,17 @@ def serve_main(argv: list[str] | None = None) -> int:
     except OSError as e:
         raise TinyGPTError(f"can't listen on {args.host}:{args.port}: {e.strerror or e}; pick another --port") from None
 
-    from model.device import resolve_device, resolve_dtype
+    from model.device import resolve_device
     from model.serving.api import create_app
     from model.serving.models import find_sources, load_served
+    from model.sources import resolve_model
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    out_dirs = args.out_dir or ([] if args.runs or args.init_from else ["out"])
-    sources = find_sources(out_dirs, args.runs, args.init_from)
-    served = load_served(sources, device, dtype, args.c_decode, args.max_batch, args.max_waiting)
+    out_dirs = args.out_dir or ([] if args.models or args.runs or args.init_from else [DEFAULT_OUT_DIR])
+    named = [*(resolve_model(name) for name in args.models), *(resolve_model(run, hub=False) for run in out_dirs),
+             *(resolve_model(name) for name in args.init_from)]
+    sources = find_sources(named, args.runs)
+    served = load_served(sources, device, args.dtype, args.c_decode, args.max_batch, args.max_waiting)
     app = create_app(served, limits, api_key)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {', '.join(m.id for m in served)} at {where} (API: {where}v1; Ctrl-C stops)", file=sys.stderr)

@@ -114,7 +114,8 @@ class TrainConfig:
     """Write ckpt.pt at every evaluation; when False it is written only when val loss improves."""
     init_from: str = "scratch"
     """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt (with its architecture, and its
-    learning-rate schedule and dropout unless set), or a Hugging Face GPT-2 folder or hub name (e.g. gpt2) to finetune."""
+    learning-rate schedule and dropout unless set), or a model to finetune: a Hugging Face GPT-2 folder or hub name
+    (e.g. gpt2), a training run folder or a checkpoint file."""
     # logging
     wandb_log: bool = False
     """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""

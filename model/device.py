@@ -10,11 +10,14 @@ from pathlib import Path
 
 import torch
 
-from model.config import DTYPES
+from model.config import DTYPES, check_device
 from model.errors import TinyGPTError
 
 
 def resolve_device(name: str = "auto") -> str:
+    """The device to run on: `name`, or for 'auto' CUDA, then MPS, then the CPU; a device that is
+    misspelt or missing here is refused in one line."""
+    check_device("device", name)
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -63,9 +66,27 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         if device == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
+    return dtype_named(name)
+
+
+def dtype_named(name: str) -> torch.dtype:
+    """The torch.dtype of a precision's name (one of DTYPES)."""
     if name not in DTYPES:
         raise TinyGPTError(f"dtype must be one of auto, {', '.join(DTYPES)}; got '{name}'")
     return getattr(torch, name)
+
+
+def resolve_inference_dtype(name: str | torch.dtype, model: torch.nn.Module) -> torch.dtype:
+    """The precision to sample, serve, score or draw a loaded model in. 'auto' keeps the precision
+    the model was loaded in, which is its checkpoint's (as transformers' and vLLM's dtype="auto"):
+    float32 for GPT-2 and for tinygpt's checkpoints, so that default outputs equal transformers';
+    bfloat16 or float16 must be asked for. (Training's 'auto', resolve_dtype, is another choice: the
+    fastest precision that trains like float32.)"""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return next(model.parameters()).dtype
+    return dtype_named(name)
 
 
 def describe_precision(requested: str, device: str, dtype: torch.dtype) -> str:

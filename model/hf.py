@@ -1,4 +1,4 @@
-"""`python -m model.hf CHECKPOINT DEST`: export a checkpoint as a Hugging Face transformers GPT-2 folder."""
+"""`python -m model.hf MODEL DEST`: export a model as a Hugging Face transformers GPT-2 folder."""
 
 from model.cli import hf_main
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import safe_load
+from model.checkpoint import safe_load, stored_dtype
 from model.data import tokenizer as tokenizers
 from model.config import GPTConfig
 from model.errors import TinyGPTError, first_line
@@ -29,6 +29,8 @@ from model.nn.gpt import GPT
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """GPT-2 parameters stored as Conv1D, (in, out), transposed relative to our nn.Linear."""
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+"""Where a save_pretrained folder keeps its weights: safetensors, or the pickle of older versions."""
 TOKENIZER_FILE = "tinygpt_tokenizer.json"
 GPT2_ARCHITECTURE = {"pos_embedding": "learned", "norm": "layernorm", "activation": "gelu", "qk_norm": False}
 """GPTConfig's architecture options as GPT-2 has them; a model with any other can't be exported."""
@@ -98,7 +100,7 @@ def config_to_hf(config: GPTConfig) -> dict[str, Any]:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    safetensors_path, bin_path = folder / "model.safetensors", folder / "pytorch_model.bin"
+    safetensors_path, bin_path = (folder / name for name in WEIGHTS_FILES)
     if safetensors_path.is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -109,7 +111,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise TinyGPTError(f"{safetensors_path} is not a readable safetensors file: {first_line(e, 200)}") from None
     if bin_path.is_file():
         return safe_load(bin_path)
-    raise TinyGPTError(f"{folder} has neither model.safetensors nor pytorch_model.bin (sharded checkpoints aren't supported)")
+    raise TinyGPTError(f"{folder} has neither {' nor '.join(WEIGHTS_FILES)} (sharded checkpoints aren't supported)")
 
 
 def state_dict_from_hf(weights: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -127,24 +129,23 @@ def state_dict_from_hf(weights: dict[str, torch.Tensor], config: GPTConfig) -> d
 
 def gpt_from_hf(hf_config: dict[str, Any], weights: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
     """Our GPT holding a transformers GPT-2's weights, from its config dict and state dict (e.g.
-    `gpt_from_hf(m.config.to_dict(), m.state_dict())` for a GPT2LMHeadModel m in memory)."""
+    `gpt_from_hf(m.config.to_dict(), m.state_dict())` for a GPT2LMHeadModel m in memory), in the
+    precision the weights are stored in."""
     config = config_from_hf(hf_config)
     model = GPT(config)
     missing, unexpected = model.load_state_dict(state_dict_from_hf(weights, config), strict=False)
     if missing or unexpected:
         problem = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
         raise TinyGPTError(f"{source}: weights don't match config.json ({problem})")
-    return model
+    return model.to(stored_dtype(weights))
 
 
 def load_pretrained(
-    name_or_dir: str | Path, device: str | torch.device = "cpu"
+    folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, tokenizers.CharTokenizer | tokenizers.TiktokenTokenizer]:
-    """A GPT-2 model and its tokenizer from a save_pretrained folder, or from the hub by name
-    (gpt2, gpt2-medium, ...) when it is reachable."""
-    folder = Path(name_or_dir)
-    if not folder.is_dir():
-        folder = download(str(name_or_dir))
+    """A GPT-2 model and its tokenizer from a save_pretrained folder (model.sources.load_any_model
+    also takes a hub name)."""
+    folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise TinyGPTError(f"{folder} has no config.json; expected a transformers save_pretrained folder")
@@ -159,17 +160,24 @@ def load_pretrained(
 
 
 def download(name: str) -> Path:
-    """The local snapshot folder of hub model `name` (config.json and weights only)."""
-    try:
-        from huggingface_hub import snapshot_download
+    """The local snapshot folder of hub model `name` (config.json and weights only), downloaded
+    unless huggingface_hub's cache holds it."""
+    from huggingface_hub import snapshot_download  # installed with datasets
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-        return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
-    except ImportError:
-        raise TinyGPTError(f"'{name}' is not a folder, and huggingface_hub is not installed to download it") from None
-    except Exception as e:  # offline, unknown name, ...: one line, not a traceback
+    try:
+        return Path(snapshot_download(name, allow_patterns=["config.json", WEIGHTS_FILES[0]]))
+    except LocalEntryNotFoundError:  # no network, or HF_HUB_OFFLINE, and not in the cache
         raise TinyGPTError(
-            f"'{name}' is not a folder and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}); known names: {', '.join(HUB_NAMES)}"
+            f"'{name}' is no file or folder here, and the Hugging Face hub can't be reached to download it "
+            f"(offline?); point at a local folder instead: a GPT-2 folder written by save_pretrained (e.g. "
+            f"GPT2LMHeadModel.from_pretrained('{name}').save_pretrained('{Path(name).name}-local') on a machine "
+            f"online, then pass {Path(name).name}-local), a training run folder or a checkpoint file"
+        ) from None
+    except Exception as e:  # an unknown name, a private model, ...: one line, not a traceback
+        raise TinyGPTError(
+            f"'{name}' is no file or folder here, nor a model the Hugging Face hub could give "
+            f"({type(e).__name__}); GPT-2's names there: {', '.join(HUB_NAMES)}"
         ) from None
 
 

@@ -1,4 +1,4 @@
-"""`python -m model.serve --out_dir=RUN [...]`: the playground page and an OpenAI-compatible API."""
+"""`python -m model.serve MODEL [MODEL ...] [--runs=FOLDER]`: the playground page and an OpenAI-compatible API."""
 
 from model.cli import serve_main
 

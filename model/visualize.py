@@ -1,4 +1,4 @@
-"""`python -m model.visualize --out_dir=out --start=TEXT`: draw a checkpoint's attention patterns."""
+"""`python -m model.visualize MODEL --start=TEXT`: draw a model's attention patterns."""
 
 from model.cli import visualize_main
 

@@ -47,13 +47,21 @@ def make_hf_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def free_port() -> int:
+    """A loopback port no one listens on (free when this returns)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def serve(out_dirs=(), init_from=(), max_batch=4, max_waiting=8, api_key=None, **limits):
     """An app serving the given runs, and its ServedModels."""
     from model.serving.api import Limits, create_app
     from model.serving.models import find_sources, load_served
+    from model.sources import resolve_model
 
-    served = load_served(find_sources([str(d) for d in out_dirs], [], [str(f) for f in init_from]),
-                         "cpu", torch.float32, True, max_batch, max_waiting)
+    named = [resolve_model(name) for name in (*out_dirs, *init_from)]
+    served = load_served(find_sources(named), "cpu", "float32", True, max_batch, max_waiting)
     return create_app(served, Limits(**limits), api_key), served
 
 

@@ -37,8 +37,8 @@ SKIP = [
     (re.compile(r"^pip install"), "an install: CI installs the project in a fresh virtual environment"),
     (re.compile(r"python -m pytest"), "the test suite itself"),
     (re.compile(r"--device=cuda|--nproc_per_node=8|--nnodes|train\.py configs/gpt[23]|out-gpt2\b"), "needs NVIDIA GPUs"),
-    (re.compile(r"--dataset=(tinystories|openwebtext|fineweb|wiki)\b|--init_from=gpt2\b|wandb sync|"
-                r"wandb_project=|https?://(?!127\.0\.0\.1)"), "needs the network"),
+    (re.compile(r"--dataset=(tinystories|openwebtext|fineweb|wiki)\b|(--init_from=|sample\.py |model\.\w+ )gpt2\b|"
+                r"wandb sync|wandb_project=|https?://(?!127\.0\.0\.1)"), "needs the network"),
     (re.compile(r"python -m model\.bench"), "a benchmark that runs for minutes; BENCHMARKS.md has its output"),
     (re.compile(r"--data_files=|\.\.\.(\s|$)"), "a sketch with the user's own files or flags"),
     (re.compile(r"^from openai import"), "needs the openai package, which tinygpt does not depend on"),

@@ -382,6 +382,47 @@ def test_offline_download_advice_is_a_command_that_works(capsys, corpus, tmp_pat
     assert train_main(flags(values) + ["--quiet"]) == 0
 
 
+def model_commands(model: str) -> dict:
+    """The argv of each command that runs a trained model (but train.py), naming `model` as MODEL."""
+    from serving_helpers import free_port
+
+    return {"sample": [model, "--max_new_tokens=2", "--quiet"], "eval": [model, "--text=never-read.txt", "--quiet"],
+            "serve": [model, f"--port={free_port()}"], "visualize": [model, "--out=never-written.png"],
+            "hf": [model, "never-written"]}
+
+
+def command_main(name: str):
+    from model import cli
+
+    return {"sample": cli.sample_main, "eval": cli.eval_main, "serve": cli.serve_main,
+            "visualize": cli.visualize_main, "hf": cli.hf_main}[name]
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "serve", "visualize"])
+def test_a_misspelt_device_is_one_line(capsys, trained, command, monkeypatch):
+    monkeypatch.chdir(trained)  # whatever a command would write lands here
+    fails_with_one_line(capsys, command_main(command), model_commands(str(trained))[command] + ["--device=bogus"],
+                        "device must be one of auto, cpu, cuda, cuda:N, mps; got 'bogus'")
+    assert not (trained / "never-written.png").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "serve", "visualize", "hf"])
+def test_a_hub_name_without_network_is_one_line_saying_how_to_name_a_local_folder(capsys, tmp_path, command,
+                                                                                  monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder; outgoing traffic is disabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.chdir(tmp_path)  # where no folder is called gpt2
+    fails_with_one_line(capsys, command_main(command), model_commands("gpt2")[command],
+                        "'gpt2' is no file or folder here", "hub can't be reached",
+                        "save_pretrained('gpt2-local')", "a training run folder or a checkpoint file")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_default_prompt_on_a_vocabulary_without_newline(capsys, shakespeare_text, tmp_path):
     from model.data.dataset import prepare
 

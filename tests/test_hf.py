@@ -6,6 +6,7 @@ Every model here is a small random GPT2LMHeadModel built locally; nothing is dow
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,18 +110,40 @@ def test_refuses_pickled_objects_and_unsupported_options(tmp_path, hf_dir):
         hf.load_pretrained(folder)
 
 
+def assert_sample_py_prints_transformers_greedy(capsys, folder: Path, ref: GPT2LMHeadModel, prompt: str,
+                                                new_tokens: int) -> None:
+    """sample.py, with default flags but greedy, continues `prompt` as `ref.generate(do_sample=False)` does."""
+    tok = TiktokenTokenizer("gpt2")
+    idx = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        out = ref.generate(idx, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                           attention_mask=torch.ones_like(idx))
+    expected = tok.enc.decode_bytes(out[0, idx.size(1):].tolist()).decode("utf-8", errors="replace")
+    args = [f"--init_from={folder}", f"--start={prompt}", "--num_samples=1", f"--max_new_tokens={new_tokens}",
+            "--temperature=0"]
+    assert sample_main(args) == 0
+    assert capsys.readouterr().out == prompt + expected + "\n---------------\n"
+
+
 @pytest.mark.needs_gpt2
 def test_sample_cli_from_hf_folder_equals_transformers_greedy(hf_dir, capsys):
     folder, ref = hf_dir
-    tok = TiktokenTokenizer("gpt2")
-    prompt = "Hello there"
-    idx = torch.tensor([tok.encode(prompt)])
-    with torch.no_grad():
-        out = ref.generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(idx))
-    expected = tok.enc.decode_bytes(out[0, idx.size(1):].tolist()).decode("utf-8", errors="replace")
-    args = [f"--init_from={folder}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=12", "--temperature=0"]
-    assert sample_main(args) == 0
-    assert capsys.readouterr().out == prompt + expected + "\n---------------\n"
+    assert_sample_py_prints_transformers_greedy(capsys, folder, ref, "Hello there", 12)
+
+
+@pytest.mark.needs_gpt2
+def test_default_greedy_text_is_transformers_on_a_cpu_with_native_bf16(tmp_path, capsys, monkeypatch):
+    """With default flags, sample.py decodes in the checkpoint's float32, also where training's dtype=auto
+    would pick bfloat16: its greedy text is transformers' generate()."""
+    import model.device
+
+    # wider weights than GPT-2's init: a text of varied tokens, whose argmax bfloat16 rounding changes
+    ref = small_gpt2(n_embd=64, n_positions=64, initializer_range=0.3)
+    folder = tmp_path / "gpt2-wide-random"
+    ref.save_pretrained(folder)
+    monkeypatch.setattr(model.device, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert model.device.resolve_dtype("auto", "cpu") == torch.bfloat16  # training's auto is unchanged
+    assert_sample_py_prints_transformers_greedy(capsys, folder, ref, "The meaning of life is", 24)
 
 
 @pytest.fixture

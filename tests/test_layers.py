@@ -19,10 +19,10 @@ LAYERS = [  # (layer, level, module prefixes): a module imports from its own lay
     ("base", 0, ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
     ("nn", 1, ["model.nn"]),
     ("kernels", 1, ["model.kernels"]),
-    ("data", 2, ["model.data", "model.checkpoint", "model.huggingface", "model.fused"]),
+    ("data", 2, ["model.data", "model.checkpoint", "model.huggingface", "model.fused", "model.sources"]),
     ("workflows", 3, ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
     ("programs", 4, ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
-                     "model.visualize", "model.serve", "model.eval"]),
+                     "model.visualize", "model.attention", "model.serve", "model.eval"]),
 ]
 
 

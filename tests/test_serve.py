@@ -246,9 +246,9 @@ def test_models_served_together_share_the_thread_that_loaded_them(tmp_path, run,
     from model.serving import models
 
     loaded_on = []
-    load_model = models.load_model
-    monkeypatch.setattr(models, "load_model",
-                        lambda *args: loaded_on.append(threading.current_thread().name) or load_model(*args))
+    load_source = models.load_source
+    monkeypatch.setattr(models, "load_source",
+                        lambda *args: loaded_on.append(threading.current_thread().name) or load_source(*args))
     twin = tmp_path / "twin"
     shutil.copytree(run, twin)
     app, served = serve([run, twin])
@@ -457,14 +457,16 @@ def test_serve_command_errors_are_one_line(tmp_path, run, capsys):
 
 def test_sources_get_unique_ids(tmp_path):
     from model.serving.models import find_sources
+    from model.sources import resolve_model
 
     a = make_run(tmp_path / "runs" / "alpha")
     make_run(tmp_path / "runs" / "beta")
     (tmp_path / "runs" / "not-a-run").mkdir()
     other = make_run(tmp_path / "elsewhere" / "alpha")
-    sources = find_sources([str(other), str(a / "ckpt.pt")], [str(tmp_path / "runs")], ["gpt2"])
+    named = [resolve_model(name) for name in (other, a / "ckpt.pt", "gpt2")]
+    sources = find_sources(named, [str(tmp_path / "runs")])
     assert [s.id for s in sources] == ["alpha", "beta", "alpha-2", "alpha-3", "gpt2"]
-    assert [s.hugging_face for s in sources] == [False, False, False, False, True]
+    assert [s.origin.kind for s in sources] == ["run", "run", "run", "checkpoint", "hub"]
 
 
 @pytest.mark.slow

@@ -151,9 +151,9 @@ class Trainer:
         return weights
 
     def _load_pretrained(self, name_or_dir: str) -> GPT:
-        from model.huggingface import load_pretrained
+        from model.sources import load_any_model
 
-        model, tok = load_pretrained(name_or_dir)
+        model, tok = load_any_model(name_or_dir)
         if tok.to_meta() != self.tokenizer_meta:
             raise TinyGPTError(
                 f"init_from={name_or_dir} uses tokenizer {tok.to_meta()['kind']} ({tok.vocab_size} tokens) but dataset "
