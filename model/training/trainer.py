@@ -33,7 +33,8 @@ from model.training.optim import learning_rate, make_optimizer
 from model.nn.report import GROUPS, Report
 from model.training.distributed import torchrun_env
 from model.training.lock import OutDirLock
-from model.training.resume import model_config_for_resume, train_config_for_resume
+from model.training.resume import (load_training_state, model_config_for_resume, refuse_used_out_dir,
+                                   train_config_for_resume)
 from model.training.rng import restore_rng, rng_state
 
 
@@ -84,6 +85,7 @@ class Trainer:
         self.out_dir = _make_out_dir(config.out_dir) if self.dist.is_master else Path(config.out_dir)
         if self.dist.is_master:
             remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
+        refuse_used_out_dir(self.out_dir, config, self.echo)  # every rank decides alike, before anything is written
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         random.seed(config.seed + self.dist.rank)
         np.random.seed((config.seed + self.dist.rank) % 2**32)
@@ -100,7 +102,7 @@ class Trainer:
         self.best_val_loss = float("inf")
         resume = None
         if config.init_from == "resume":
-            resume = checkpoint.load_checkpoint(self.out_dir / checkpoint.LATEST, "cpu")
+            resume = load_training_state(self.out_dir / checkpoint.LATEST)
             if model_config.vocab_size == self.dataset.vocab_size:
                 model_config = dataclasses.replace(model_config, vocab_size=None)  # the checkpoint's may be padded
             self.echo(f"resuming from {self.out_dir / checkpoint.LATEST} at iteration {resume['iter_num']}")
@@ -139,7 +141,7 @@ class Trainer:
         if resume is not None:
             try:
                 self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, TypeError, IndexError, RuntimeError):
                 raise TinyGPTError(
                     f"the checkpoint's optimizer state does not fit optimizer='{config.optimizer}'; "
                     "resume with the optimizer the run was started with"
