@@ -144,11 +144,15 @@ def read_json(path: str | Path) -> Any:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (POSIX)."""
+    """Whether a process with this id runs on this machine (POSIX). A zombie (ended, but not yet
+    collected by its parent) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, but someone else's
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name in /proc/PID/stat
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

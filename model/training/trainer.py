@@ -396,5 +396,5 @@ def train(model_config: GPTConfig, config: TrainConfig, quiet: bool = False) -> 
     owns_out_dir = env is None or env[0] == 0
     with OutDirLock(_make_out_dir(config.out_dir)) if owns_out_dir else contextlib.nullcontext():
         trainer = Trainer(model_config, config, quiet)
-        with trainer.stop:
+        with trainer.stop, trainer.dist.naming_dead_ranks():
             return trainer.run()
