@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from model import config as configs
+from model.data import schema
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError, first_line
 from model.files import atomic_write, write_json
@@ -39,7 +40,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save `state` to `path` atomically: a crash at any moment leaves either the previous
     checkpoint or the new one, never a torn file."""
-    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f), what="checkpoint")
+    def write(f) -> None:
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            if "inline_container" not in str(e) and "write" not in str(e):
+                raise
+            if isinstance(e.__context__, OSError):  # the file's own error, e.g. "No space left on device"
+                raise e.__context__ from None
+            raise OSError(f"the write failed, is the disk full? ({first_line(e, 200)})") from None
+
+    atomic_write(path, write, what="checkpoint")
 
 
 def model_state(model: torch.nn.Module, model_config: configs.GPTConfig, tokenizer_meta: dict) -> dict[str, Any]:
@@ -70,7 +81,7 @@ def safe_load(path: Path, device: str | torch.device = "cpu") -> Any:
             reason = "it is neither a PyTorch zip file nor a pickle"
         else:
             reason = "a pickle in a form torch.load(weights_only=True) doesn't read"
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # a damaged file fails in many ways inside the unpickler (EOFError, IndexError, ...)
         reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
     raise TinyGPTError(f"{path} is not a readable checkpoint (truncated or corrupted?): {reason}")
 
@@ -108,6 +119,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     ckpt = safe_load(path, device)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise TinyGPTError(f"{path} is not a tinygpt checkpoint (no model weights or config inside)")
+    schema.check(ckpt, schema.Checkpoint, str(path))
     return ckpt
 
 
@@ -121,12 +133,43 @@ def find_checkpoint(out_dir: str | Path, prefer: str = BEST) -> Path:
 
 
 def model_config_from(ckpt: dict[str, Any]) -> configs.GPTConfig:
+    """The GPTConfig of a checkpoint that load_checkpoint has checked (its values have the right types)."""
     values = ckpt["model_config"]
     known = {f.name for f in configs.config_fields(configs.GPTConfig)}
     unknown = set(values) - known
     if unknown:
         raise TinyGPTError(f"checkpoint has model options this version doesn't know: {', '.join(sorted(unknown))}")
     return configs.GPTConfig(**values)
+
+
+def check_weights_fit(weights: dict[str, torch.Tensor], config: configs.GPTConfig, where: str | Path) -> None:
+    """Refuse, before a model is built, weights whose names or shapes are not those of the GPT that
+    `config` describes (a crafted or mismatched checkpoint would otherwise make GPT(config) allocate
+    whatever the config says, e.g. a position table of 2**40 rows)."""
+    layers = {key.split(".")[2] for key in weights if key.startswith("transformer.h.") and key.count(".") > 2}
+    if len(layers) != config.n_layer:
+        raise TinyGPTError(f"{where}: the weights hold {len(layers)} layer(s) but model_config says n_layer={config.n_layer}")
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = GPT(config).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as e:
+        raise TinyGPTError(f"{where}: no model can be built from its model_config ({first_line(e, 200)})") from None
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [f"{k} is {tuple(weights[k].shape)}, model_config makes it {tuple(v.shape)}"
+             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problem = (f"missing {', '.join(missing[:3])}" if missing else
+                   f"unexpected {', '.join(unexpected[:3])}" if unexpected else wrong[0])
+        raise TinyGPTError(f"{where}: checkpoint weights don't match its config ({problem})")
+
+
+def check_finite_weights(weights: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: every prediction of such a model is NaN."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TinyGPTError(f"{where} has non-finite weights (nan or inf in {name}); it can't predict anything: "
+                               "use an earlier checkpoint of the run")
 
 
 def stored_dtype(weights: dict[str, torch.Tensor]) -> torch.dtype:
@@ -141,14 +184,22 @@ def load_model(
     """Build the GPT stored in a checkpoint file (or in out_dir's best/latest), in the precision the
     checkpoint stores; returns model, tokenizer and the raw checkpoint dict. The checkpoint is read
     into CPU memory and only the model's weights go to `device` (not the optimizer state, twice their size)."""
+    path = find_checkpoint(path) if Path(path).is_dir() else Path(path)
     ckpt = load_checkpoint(path, "cpu")
-    model = GPT(model_config_from(ckpt))
+    config = model_config_from(ckpt)
+    config.check_buildable()
+    check_weights_fit(ckpt["model"], config, path)
+    check_finite_weights(ckpt["model"], path)
+    tok = tokenizers.from_meta(ckpt["tokenizer"], str(path))
+    if tok.vocab_size > config.vocab_size:
+        raise TinyGPTError(f"{path}: its tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}")
+    model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise TinyGPTError(f"checkpoint weights don't match its config: {first_line(e)}") from None
     model.to(device=device, dtype=stored_dtype(ckpt["model"]))
-    return model, tokenizers.from_meta(ckpt["tokenizer"]), ckpt
+    return model, tok, ckpt
 
 
 def write_config_json(out_dir: str | Path, values: dict[str, Any]) -> None:

@@ -222,13 +222,9 @@ def default_prompt(tok) -> str:
 
 def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
-        path = Path(start[5:])
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TinyGPTError(f"prompt file not found: {path}") from None
-        except UnicodeDecodeError:
-            raise TinyGPTError(f"prompt file {path} is not UTF-8 text") from None
+        from model.files import read_user_text
+
+        return read_user_text(start[5:], "prompt file")
     return start
 
 
@@ -352,10 +348,14 @@ def runs_main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     cmp = commands.add_parser("compare", help="table of runs and one plot of their val-loss curves")
     cmp.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="training run folders")
-    cmp.add_argument("--plot", default="compare.png", help="the PNG of val-loss curves to write")
+    cmp.add_argument("--plot", default="compare.png",
+                     help="the picture of val-loss curves to write, in the format its suffix names (.png, .pdf, .svg, ...)")
     cmp.add_argument("--metric", default="val_loss", choices=list(VAL_CURVES),
                      help="what the plot draws: val loss per token, or val bits per byte (compares tokenizers)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from model.training.plots import figure_format
+
+    figure_format(args.plot)  # a suffix no format has is refused before any run is read
     print(compare(args.out_dirs, args.plot, args.metric))
     print(f"wrote {args.plot}")
     return 0
@@ -373,6 +373,13 @@ def hf_main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("dest", metavar="DEST", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.dest.strip():
+        raise TinyGPTError("the destination folder is empty; name the folder to export into")
+    from model.training.resume import run_files
+
+    if held := run_files(args.dest):
+        raise TinyGPTError(f"{args.dest} holds a training run ({', '.join(held)}), which the export would overwrite; "
+                           f"export into another folder, e.g. {args.dest.rstrip('/')}-hf")
     model, tok = load_any_model(args.model)
     folder = save_pretrained(model, args.dest, tok)
     print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
@@ -398,12 +405,16 @@ def visualize_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="ROMEO:\nBut soft, what light", help="prompt text, or FILE:path")
     parser.add_argument("--layer", type=int, default=None, help="only this layer (0-based); default all")
     parser.add_argument("--head", type=int, default=None, help="only this head (0-based); default all")
-    parser.add_argument("--out", default="attention.png", help="the PNG to write")
+    parser.add_argument("--out", default="attention.png",
+                        help="the picture to write, in the format its suffix names (.png, .pdf, .svg, ...)")
     parser.add_argument("--save", default=None, help="also write the raw weights to this .npy or .json file")
     add_inference_flags(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.save is not None and Path(args.save).suffix not in (".npy", ".json"):
         raise TinyGPTError(f"--save must end in .npy or .json, got '{args.save}'")
+    from model.training.plots import figure_format
+
+    figure_format(args.out)  # refused before the model is loaded
     source = named_model(args)
 
     from model.tools.visualize import attention_weights, plot_attention, save_weights, token_labels
@@ -455,6 +466,10 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     model, tok, device, dtype = load_for_inference(resolve_model(args.model), args)
     model.to(dtype)
+    from model.training.memory import evaluation_batch_that_fits
+
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    args.batch_size = evaluation_batch_that_fits(model.config, args.batch_size, str(device), dtype, warn)
     if args.hellaswag:
         from model.evaluation.multiple_choice import read_items, score_items
 

@@ -116,6 +116,9 @@ class TrainConfig:
     """'scratch' for a new model, 'resume' to continue from out_dir/ckpt.pt (with its architecture, and its
     learning-rate schedule and dropout unless set), or a model to finetune: a Hugging Face GPT-2 folder or hub name
     (e.g. gpt2), a training run folder or a checkpoint file."""
+    overwrite: bool = False
+    """Let a new run (init_from other than 'resume') start in an out_dir that holds a run: the old run's
+    checkpoints, metrics.jsonl, loss.png and config.json are deleted first. Without it such a run is refused."""
     # logging
     wandb_log: bool = False
     """Log to Weights & Biases (respects WANDB_MODE, e.g. offline)."""

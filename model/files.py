@@ -7,9 +7,11 @@ one exception is metrics.jsonl, which grows a line at a time (its reader skips a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -74,6 +76,59 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def staged_folder(target: str | Path, carry_over: tuple[str, ...] = (), what: str = "folder") -> Iterator[Path]:
+    """A new, empty folder beside `target` to write a whole folder's files into (a dataset's); when the
+    block ends without an error it replaces `target` in one rename, else it is deleted and `target`
+    stays as it was. A failed re-preparation so never costs the good folder it would have replaced.
+    Files named in `carry_over` (e.g. a cached download) move from the old folder into the new one
+    when the new one has none of its own. `what` (e.g. 'dataset folder') names it in errors."""
+    target = Path(target)
+    staging = temporary_path(target)
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier attempt of this same process id
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise TinyGPTError(f"cannot create {what} {target}: {e.strerror or e}") from None
+    try:
+        yield staging
+        replaced = temporary_path(target.with_name(target.name + ".old"))
+        try:
+            if target.exists():
+                for name in carry_over:
+                    if (target / name).is_file() and not (staging / name).exists():
+                        os.replace(target / name, staging / name)
+                os.replace(target, replaced)
+            os.replace(staging, target)
+        except OSError as e:
+            raise TinyGPTError(f"could not put the new {target} in place: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def read_user_file(path: str | Path, what: str = "file") -> bytes:
+    """The bytes of a file the user named (`what` says which, e.g. 'prompt file'); a one-line
+    TinyGPTError when it is missing, is a folder, or can't be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise TinyGPTError(f"{what} {path} is a folder, not a file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TinyGPTError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise TinyGPTError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_user_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a file the user named; one-line errors as read_user_file, and for bad UTF-8."""
+    try:
+        return read_user_file(path, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TinyGPTError(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
 def write_json(path: str | Path, value: Any) -> None:
     """`value` as indented JSON, written atomically."""
     atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
@@ -83,19 +138,21 @@ def read_json(path: str | Path) -> Any:
     """The JSON value in a user's file (a config, a dataset's meta.json, a tokenizer); a TinyGPTError
     naming the file when it can't be read or isn't JSON."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from None
+        return json.loads(read_user_file(path).decode("utf-8"))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise TinyGPTError(f"{path} is not valid JSON: {e}") from None
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (POSIX)."""
+    """Whether a process with this id runs on this machine (POSIX). A zombie (ended, but not yet
+    collected by its parent) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, but someone else's
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name in /proc/PID/stat
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -80,13 +80,23 @@ def test_meta_round_trip(bpe):
 @pytest.mark.parametrize("args, message", [
     (["--vocab_size=256"], "at least 257"),
     ([], "needs --vocab_size"),
-    (["--vocab_size=100000"], "too few distinct adjacent pairs"),
+    (["--vocab_size=100000"], "is more than the training text can give: its 45,000 bytes allow at most 45,257"),
+    (["--vocab_size=4294967296"], "is more than the training text can give"),  # tokenizers would allocate 283 GB
+    ([f"--vocab_size={10**20}"], "is more than the training text can give"),  # an OverflowError in tokenizers
 ])
 def test_bad_vocab_size_is_one_line(tmp_path, corpus, capsys, args, message):
     code = prepare_main([f"--input={corpus}", "--dataset=b", f"--data_dir={tmp_path}", "--tokenizer=bpe", "--quiet", *args])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "b" / "meta.json").exists()
+
+
+def test_a_vocab_size_the_text_has_too_few_pairs_for_is_one_line(tmp_path, capsys):
+    (tmp_path / "ab.txt").write_text("ab " * 300)  # 900 bytes, but only a handful of distinct pairs
+    code = prepare_main([f"--input={tmp_path / 'ab.txt'}", "--dataset=b", f"--data_dir={tmp_path}", "--tokenizer=bpe",
+                         "--quiet", "--vocab_size=600"])
+    err = capsys.readouterr().err
+    assert code == 1 and "too few distinct adjacent pairs" in err and err.count("\n") == 1, err
 
 
 def test_non_utf8_corpus_and_vocab_size_for_char_are_one_line(tmp_path, corpus, capsys):

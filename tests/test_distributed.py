@@ -47,3 +47,37 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path: Path, c
     # only rank 0 wrote: one metrics line per step plus the evaluations, no duplicates
     lines = [len((out / "metrics.jsonl").read_text().splitlines()) for out in (single, ranks)]
     assert lines[0] == lines[1]
+
+
+@pytest.mark.slow
+def test_when_a_rank_dies_the_survivor_names_it_in_one_line(tmp_path: Path, char_data_dir: Path):
+    """Two ranks started as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT); rank 1 is killed
+    mid-training, and rank 0, whose next all-reduce fails, says which rank died instead of gloo's traceback."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import ROOT, SUBPROCESS_ENV, run_forever, wait_for_line
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **SUBPROCESS_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    args = run_forever(char_data_dir, tmp_path / "out", eval_interval=10**6)
+    ranks = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+             for rank in (0, 1)]
+    try:
+        wait_for_line(ranks[0], "iter 3:", timeout=120)
+        ranks[1].kill()
+        ranks[1].communicate(timeout=60)
+        _, stderr = ranks[0].communicate(timeout=60)
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.wait()
+    assert ranks[0].returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("error: rank 1 of 2 died"), lines[0]

@@ -45,7 +45,9 @@ SKIP = [
 ]
 """(pattern, reason): a command matching a pattern is not run here."""
 
-TINY_TRAINING = "--max_iters=2 --eval_interval=2 --eval_iters=1 --log_interval=1 --compile=False"
+TINY_TRAINING = "--max_iters=2 --eval_interval=2 --eval_iters=1 --log_interval=1 --compile=False --overwrite=True"
+"""Appended to a new run: tiny, and free to replace the run the workspace already holds in its out_dir
+(a user's first run there would find the folder empty)."""
 TINY_RESUME = "--max_iters=4 --eval_interval=2 --eval_iters=1 --log_interval=1 --compile=False"
 
 

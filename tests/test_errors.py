@@ -147,9 +147,12 @@ def test_checkpoint_vocabulary_does_not_match_dataset(capsys, trained, char_data
     assert (trained / "ckpt.pt").read_bytes() == before
 
 
-def test_block_size_beyond_checkpoint_position_table(capsys, trained, char_data_dir):
-    values = tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=4, block_size=128)
-    fails_with_one_line(capsys, train_main, flags(values), "block_size=128 is beyond the position table", "(32 positions)")
+@pytest.mark.parametrize("block_size", [128, 64, 16])
+def test_resume_refuses_any_other_block_size_with_one_rule(capsys, trained, char_data_dir, block_size):
+    # one rule, one message: neither "resume with block_size <= 32" then "16 contradicts" for a shorter one
+    values = tiny_overrides(char_data_dir, trained, init_from="resume", max_iters=4, block_size=block_size)
+    fails_with_one_line(capsys, train_main, flags(values), f"block_size={block_size} contradicts",
+                        "which has block_size=32", "drop --block_size")
 
 
 def test_prompt_outside_character_vocabulary(capsys, trained):

@@ -103,8 +103,12 @@ def test_hellaswag_sentence_output_and_batching_do_not_change_scores(gpt2_folder
 
 @pytest.mark.parametrize("content, message", [
     ('{"ctx": "a", "endings": ["b", "c"], "label": 0}\nnot json\n', "items.jsonl:2"),
-    ('{"ctx": "a", "endings": ["b", "c"], "label": 2}\n', "label the index"),
-    ('{"ctx": "a", "endings": ["b"], "label": 0}\n', "at least two"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": 2}\n', "label must be the index of one of its 2 endings"),
+    ('{"ctx": "a", "endings": ["b"], "label": 0}\n', "endings must have at least 2 items"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": 1e400}\n', "label must be an integer, got inf"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": 1.7}\n', "label must be an integer, got 1.7"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": "1"}\n', "label must be an integer, got '1'"),
+    ('{"ctx": "a", "endings": ["b", "c"], "label": true}\n', "label must be an integer, got True"),
     ('\n', "holds no items"),
 ])
 @pytest.mark.needs_gpt2

@@ -76,7 +76,7 @@ def test_new_run_starts_new_metrics_and_resume_continues_them(char_data_dir, tmp
     times = [r["wall_time"] for r in records]
     assert times == sorted(times)  # wall time continues across the restart
 
-    train(char_data_dir, out)  # from scratch again: a fresh file
+    train(char_data_dir, out, overwrite=True)  # from scratch again, replacing the run: a fresh file
     assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r] == [0, 2, 4]
 
 

@@ -90,7 +90,7 @@ def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_dat
 def test_cli_trains_and_reports_full_val_loss(char_data_dir, tmp_path, capsys):
     args = [f"--{k}={v}" for k, v in tiny_overrides(char_data_dir, tmp_path / "out", max_iters=5).items()]
     assert train_main(args + ["--quiet"]) == 0
-    assert train_main(args) == 0
+    assert train_main(args + ["--overwrite=True"]) == 0  # the same run again, this time printing
     printed = capsys.readouterr().out
     assert "full-val loss" in printed
 

@@ -94,7 +94,9 @@ def check_costs(values: dict[str, str]) -> None:
     from model.config import load_config
     from model.training.trainer import Trainer
 
-    trainer = Trainer(*load_config(None, {**values, "init_from": "scratch", "max_iters": "0"}), quiet=True)
+    # a new run in the folder of the killed ones: it only times steps, and never saves
+    trainer = Trainer(*load_config(None, {**values, "init_from": "scratch", "max_iters": "0", "overwrite": "True"}),
+                      quiet=True)
     g = torch.Generator().manual_seed(0)
     n = 20
     step = timeit.timeit(lambda: trainer.train_step(1e-4), number=n) / n

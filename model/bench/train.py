@@ -91,8 +91,8 @@ def train_once(config_path: str | None, overrides: list[str], setting: list[str]
     """
     from model.training.trainer import Trainer
 
-    (out_dir / METRICS).unlink(missing_ok=True)
-    model_config, train_config = load_config(config_path, overrides + setting + BENCH_FLAGS + [f"--out_dir={out_dir}"])
+    model_config, train_config = load_config(config_path, overrides + setting + BENCH_FLAGS +
+                                             [f"--out_dir={out_dir}", "--overwrite=True"])  # the previous setting's run
     device = resolve_device(train_config.device)
     dtype = dtype_name(train_config, device)
     peak = measured_peak(peaks, device, dtype, matmul_size)

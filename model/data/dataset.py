@@ -9,6 +9,7 @@ of the text (by characters) is the training split and the last 10% the validatio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -16,6 +17,7 @@ import os
 import shutil
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model.data import schema
 from model.data import tokenizer as tokenizers
 from model.errors import TinyGPTError
-from model.files import atomic_write_bytes, make_folder, read_json, write_json
+from model.files import atomic_write_bytes, read_json, read_user_file, staged_folder, write_json
 from model.progress import progress
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -37,6 +40,8 @@ TRAIN_FRACTION = 0.9
 META = "meta.json"
 """A prepared dataset's description (tokenizer, dtype, vocabulary, token counts), written last."""
 ENCODE_PIECE_CHARS = 1 << 20
+DOWNLOAD_CACHE = "input.txt"
+"""A downloaded corpus is kept in the dataset folder under this name, and read from there next time."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,7 @@ KNOWN_DATASETS = {
 def read_corpus(path: str | Path) -> str:
     """The UTF-8 text of a corpus file; a name ending in .gz is decompressed first."""
     path = Path(path)
-    if not path.is_file():
-        raise TinyGPTError(f"input file not found: {path}")
-    raw = path.read_bytes()
+    raw = read_user_file(path, "input file")
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
@@ -92,9 +95,10 @@ def download(url: str, dest: Path, dataset: str, timeout: float = 30.0) -> None:
     atomic_write_bytes(dest, data)
 
 
-def resolve_input(dataset: str, input_path: str | None, url: str | None, folder: Path) -> Path:
+def resolve_input(dataset: str, input_path: str | None, url: str | None, folder: Path, staging: Path) -> Path:
     """The local text file for a dataset: --input, else $ENV, else (unless --url is given) the shipped
-    copy, else a cached download, else download."""
+    copy, else a download cached in the dataset `folder`, else a download into `staging` (the folder
+    being prepared, which takes the dataset folder's place when it is done)."""
     if input_path:
         return Path(input_path)
     source = KNOWN_DATASETS.get(dataset)
@@ -108,11 +112,12 @@ def resolve_input(dataset: str, input_path: str | None, url: str | None, folder:
             f"don't know where to get dataset '{dataset}'; pass --input=FILE or --url=URL "
             f"(known datasets: {', '.join(KNOWN_DATASETS)})"
         )
-    cached = folder / "input.txt"
-    if not cached.is_file():
-        print(f"downloading {url} -> {cached}")
-        download(url, cached, dataset)
-    return cached
+    cached = folder / DOWNLOAD_CACHE
+    if cached.is_file():
+        return cached
+    print(f"downloading {url} -> {cached}")
+    download(url, staging / DOWNLOAD_CACHE, dataset)
+    return staging / DOWNLOAD_CACHE
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -134,19 +139,28 @@ def prepare(
     folder = Path(data_dir) / dataset
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
+    with staged_dataset_folder(folder) as staging:
+        return _prepare_into(staging, folder, dataset, kind, input_path, url, quiet, vocab_size)
+
+
+@contextlib.contextmanager
+def staged_dataset_folder(folder: Path) -> Iterator[Path]:
+    """The folder to prepare a dataset in: it replaces `folder` only once the preparation has
+    succeeded, so a failed one leaves a prepared dataset as it was; nor does a failed one leave
+    behind any parent folder it created."""
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
-    make_folder(folder, "dataset folder")
     try:
-        return _prepare_into(folder, dataset, kind, input_path, url, quiet, vocab_size)
+        with staged_folder(folder, carry_over=(DOWNLOAD_CACHE,), what="dataset folder") as staging:
+            yield staging
     except BaseException:
-        if created is not None:  # a failed prepare leaves no folder behind that it made
+        if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
 
 
-def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
+def _prepare_into(staging: Path, folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
                   quiet: bool, vocab_size: int | None) -> dict[str, Any]:
-    path = resolve_input(dataset, input_path, url, folder)
+    path = resolve_input(dataset, input_path, url, folder, staging)
     text = read_corpus(path)
     n = int(len(text) * TRAIN_FRACTION)
     # a character vocabulary must cover the validation split's characters too; a byte-level BPE
@@ -158,18 +172,18 @@ def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None,
         ids = encode_with_progress(tok, part, dtype, f"{dataset} {split}", quiet)
         if len(ids) < 2:
             raise TinyGPTError(f"the {split} split of {path} has fewer than 2 tokens; the corpus is too small")
-        atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
+        atomic_write_bytes(staging / f"{split}.bin", ids.tobytes())
         counts[split] = len(ids)
     meta = {
-        "tokenizer": tok.to_file_meta(folder) if isinstance(tok, tokenizers.BPETokenizer) else tok.to_meta(),
+        "tokenizer": tok.to_file_meta(staging) if isinstance(tok, tokenizers.BPETokenizer) else tok.to_meta(),
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        "source": str(path),
+        "source": str(folder / path.name if path.parent == staging else path),
         "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-    write_json(folder / META, meta)
+    write_json(staging / META, meta)
     return meta
 
 
@@ -236,13 +250,9 @@ class TokenDataset:
                 f"--dataset={self.folder.name}`"
             )
         self.meta = read_json(meta_path)
-        try:
-            self.vocab_size = int(self.meta["vocab_size"])
-            self.dtype = np.dtype(self.meta["dtype"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise TinyGPTError(f"{meta_path} is not a valid dataset meta.json ({type(e).__name__}: {e})") from None
-        if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
-            raise TinyGPTError(f"{meta_path}: dtype must be uint16 or uint32, got {self.dtype}")
+        schema.check(self.meta, schema.DatasetMeta, str(meta_path))
+        self.vocab_size = self.meta["vocab_size"]
+        self.dtype = np.dtype(self.meta["dtype"])
         if self.vocab_size > np.iinfo(self.dtype).max + 1:
             raise TinyGPTError(f"{meta_path}: vocab_size {self.vocab_size} does not fit dtype {self.dtype}")
         self.meta["tokenizer"] = tokenizers.resolve_meta(self.meta.get("tokenizer", {}), self.folder)
@@ -283,7 +293,7 @@ class TokenDataset:
             )
 
     def tokenizer(self):
-        return tokenizers.from_meta(self.meta["tokenizer"])
+        return tokenizers.from_meta(self.meta["tokenizer"], str(self.folder / META))
 
     @functools.cached_property
     def byte_lengths(self) -> Tensor:

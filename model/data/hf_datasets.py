@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.dataset import META, token_dtype
-from model.files import atomic_write_bytes, make_folder, write_json
+from model.data.dataset import META, staged_dataset_folder, token_dtype
+from model.files import atomic_write_bytes, write_json
 from model.errors import TinyGPTError, first_line
 from model.data.tokenizer import TiktokenTokenizer
 
@@ -41,6 +41,9 @@ DOCS_PER_TASK = 1024
 """Documents per chunk handed to a worker: large enough to amortise the inter-process hand-off."""
 TASKS_IN_FLIGHT_PER_WORKER = 2
 """Chunks queued per worker; bounds memory when reading outpaces tokenizing (or the reverse)."""
+MIN_SHARD_TOKENS = 64
+"""The fewest tokens --shard_tokens may ask for: a smaller shard holds no window of even a tiny model's
+context (training draws windows inside one shard), and --shard_tokens=1 would write a file per token."""
 
 
 @dataclass(frozen=True)
@@ -235,15 +238,24 @@ def prepare_hf(
     if encoding in ("char", "bpe"):
         raise TinyGPTError(f"Hugging Face datasets are tokenized with tiktoken (e.g. --tokenizer=gpt2), not "
                            f"'{encoding}', whose vocabulary would need the whole corpus first")
-    if num_proc < 1 or shard_tokens < 1:
-        raise TinyGPTError("--num_proc and --shard_tokens must be positive")
+    if num_proc < 1:
+        raise TinyGPTError(f"--num_proc must be positive, got {num_proc}")
+    if shard_tokens < MIN_SHARD_TOKENS:
+        raise TinyGPTError(f"--shard_tokens={shard_tokens} is too small: a shard needs at least {MIN_SHARD_TOKENS} "
+                           f"tokens (one file per shard; 100,000,000, the default, suits most corpora)")
     if source.val_split is None and not 0.0 < val_fraction <= 0.5:
         raise TinyGPTError(f"--val_fraction must be in (0, 0.5], got {val_fraction}")
     tok = TiktokenTokenizer(encoding)
-    dtype = token_dtype(tok.vocab_size)
-    folder = make_folder(Path(data_dir) / dataset, "dataset folder")
-    (folder / META).unlink(missing_ok=True)  # until it is rewritten, the folder reads as unfinished
+    with staged_dataset_folder(Path(data_dir) / dataset) as staging:
+        return _prepare_hf_into(staging, source, data_files, streaming, num_proc, shard_tokens, val_fraction,
+                                tok, cache_dir, quiet)
 
+
+def _prepare_hf_into(folder: Path, source: HFSource, data_files: str | None, streaming: bool, num_proc: int,
+                     shard_tokens: int, val_fraction: float, tok: TiktokenTokenizer, cache_dir: str | None,
+                     quiet: bool) -> dict[str, Any]:
+    encoding = tok.name
+    dtype = token_dtype(tok.vocab_size)
     writers = (ShardWriter(folder, "train", dtype, shard_tokens), ShardWriter(folder, "val", dtype, shard_tokens))
     val_every = 0 if source.val_split else max(1, round(1 / val_fraction))
 
@@ -261,7 +273,6 @@ def prepare_hf(
     for split, listed in shards.items():
         if sum(s["tokens"] for s in listed) < 2:
             raise TinyGPTError(f"the {split} split came out with fewer than 2 tokens; is the dataset empty?")
-        _remove_stale_shards(folder, split, {s["file"] for s in listed})
     meta = {
         "tokenizer": tok.to_meta(),
         "vocab_size": tok.vocab_size,
@@ -276,10 +287,3 @@ def prepare_hf(
     }
     write_json(folder / META, meta)
     return meta
-
-
-def _remove_stale_shards(folder: Path, split: str, keep: set[str]) -> None:
-    """Shards left by an earlier, larger preparation into the same folder."""
-    for path in folder.glob(f"{split}_[0-9][0-9][0-9]*.bin"):
-        if path.name not in keep:
-            path.unlink()

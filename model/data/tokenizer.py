@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from model.data import schema
 from model.errors import TinyGPTError
 
 EOT = "<|endoftext|>"
@@ -89,6 +90,18 @@ class TiktokenTokenizer:
         return {"kind": "tiktoken", "name": self.name, "vocab_size": self.vocab_size}
 
 
+def check_bpe_ids(ranks: dict[bytes, int], specials: dict[str, int]) -> None:
+    """Refuse a vocabulary that tiktoken can't hold (it would abort the process with a Rust panic, not
+    raise): the tokens, special ones included, must be numbered 0, 1, ... without gaps or repeats, and
+    every single byte must be a token (a byte-level BPE spells any text with them)."""
+    ids = sorted([*ranks.values(), *specials.values()])
+    if ids != list(range(len(ids))):
+        raise TinyGPTError("BPE tokenizer.json must number its tokens 0, 1, 2, ... without gaps or repeats")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TinyGPTError(f"BPE tokenizer.json lacks {len(missing)} of the 256 single bytes (e.g. byte {missing[0]})")
+
+
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the character that stands for each byte in a byte-level BPE's
     vocabulary (printable Latin-1 characters stand for themselves, the other bytes for the characters
@@ -114,14 +127,19 @@ class BPETokenizer(TiktokenTokenizer):
 
         try:
             spec = json.loads(hf_json)
-            vocab, added = spec["model"]["vocab"], spec["added_tokens"]
-            specials = {t["content"]: int(t["id"]) for t in added}
-            alphabet = byte_level_alphabet()
-            ranks = {bytes(alphabet[ch] for ch in token): int(i) for token, i in vocab.items() if token not in specials}
-        except (ValueError, KeyError, TypeError) as e:
-            raise TinyGPTError(f"not a byte-level BPE tokenizer.json ({type(e).__name__}: {e})") from None
-        if spec["model"].get("type") != "BPE" or EOT not in specials:
+        except ValueError as e:
+            raise TinyGPTError(f"a BPE tokenizer.json is not valid JSON ({e})") from None
+        schema.check(spec, schema.BPETokenizerJSON, "BPE tokenizer.json")
+        vocab, added = spec["model"]["vocab"], spec["added_tokens"]
+        specials = {t["content"]: t["id"] for t in added}
+        if EOT not in specials:
             raise TinyGPTError(f"not a byte-level BPE tokenizer.json with an {EOT} token")
+        alphabet = byte_level_alphabet()
+        try:
+            ranks = {bytes(alphabet[ch] for ch in token): i for token, i in vocab.items() if token not in specials}
+        except KeyError as e:
+            raise TinyGPTError(f"BPE tokenizer.json has a token with a character outside the byte-level alphabet: {e}") from None
+        check_bpe_ids(ranks, specials)
         self.hf_json = hf_json
         self.name = "bpe"
         try:
@@ -140,6 +158,12 @@ class BPETokenizer(TiktokenTokenizer):
         smallest = 256 + 1
         if vocab_size < smallest:
             raise TinyGPTError(f"--vocab_size must be at least {smallest} (256 bytes + {EOT}), got {vocab_size}")
+        n_bytes = len(text.encode("utf-8"))
+        if vocab_size > smallest + n_bytes:  # each merge joins a pair of the text's tokens: one per byte at most
+            raise TinyGPTError(
+                f"--vocab_size={vocab_size:,} is more than the training text can give: its {n_bytes:,} bytes "
+                f"allow at most {smallest + n_bytes:,} tokens; use a smaller --vocab_size or more text"
+            )
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
@@ -185,7 +209,9 @@ def resolve_meta(meta: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     return {"kind": meta.get("kind"), "vocab_size": meta.get("vocab_size"), "json": text}
 
 
-def from_meta(meta: dict[str, Any]) -> CharTokenizer | TiktokenTokenizer:
+def from_meta(meta: dict[str, Any], where: str = "tokenizer entry") -> CharTokenizer | TiktokenTokenizer:
+    """The tokenizer a stored entry describes (`where` names the file it came from, for errors)."""
+    schema.check(meta, schema.TokenizerEntry, where)
     kind = meta.get("kind")
     if kind == "char":
         return CharTokenizer(meta["chars"])

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from model.data import schema
 from model.errors import TinyGPTError
+from model.files import read_user_text
 from model.nn.gpt import GPT, IGNORE_INDEX
 from model.progress import progress
 
@@ -32,25 +34,20 @@ class Item:
 def read_items(path: str | Path) -> list[Item]:
     """The items of a HellaSwag-format jsonl file; a malformed line is an error naming its number."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TinyGPTError(f"multiple-choice file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise TinyGPTError(f"{path} is not UTF-8 text") from None
+    lines = read_user_text(path, "multiple-choice file").splitlines()
     items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            item = Item(record["ctx"], record["endings"], int(record["label"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise TinyGPTError(f"{path}:{number}: not an item with ctx, endings and label ({type(e).__name__}: {e})") from None
-        if not isinstance(item.ctx, str) or not isinstance(item.endings, list) or len(item.endings) < 2 \
-                or not all(isinstance(e, str) for e in item.endings) or not 0 <= item.label < len(item.endings):
-            raise TinyGPTError(f"{path}:{number}: ctx must be text, endings a list of at least two texts, and "
-                               f"label the index of one of them")
+        except ValueError as e:
+            raise TinyGPTError(f"{path}:{number}: not JSON ({e})") from None
+        schema.check(record, schema.HellaSwagItem, f"{path}:{number}")
+        item = Item(record["ctx"], record["endings"], record["label"])
+        if item.label >= len(item.endings):
+            raise TinyGPTError(f"{path}:{number}: label must be the index of one of its {len(item.endings)} "
+                               f"endings (0 to {len(item.endings) - 1}), got {item.label}")
         items.append(item)
     if not items:
         raise TinyGPTError(f"{path} holds no items")

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from model.errors import TinyGPTError
+from model.files import process_alive
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
@@ -46,6 +49,8 @@ class Distributed:
         self.enabled = env is not None
         self.device = device
         self.cpu_group = None
+        self.processes: list[tuple[str, int]] = []
+        """(host name, process id) of every rank, in rank order."""
         if not self.enabled:
             return
         if device.startswith("cuda"):
@@ -61,6 +66,34 @@ class Distributed:
         # host-side agreements (the stop request) go through gloo on CPU tensors: over nccl they would
         # wait for the GPU to finish the step's queued work
         self.cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+        self.processes = self.gather((socket.gethostname(), os.getpid()))  # to name a rank that dies
+
+    @contextlib.contextmanager
+    def naming_dead_ranks(self) -> Iterator[None]:
+        """Inside it, the error of a collective that failed because another rank's process died (gloo's
+        "Connection closed by peer", with a traceback from deep inside the backend) becomes one line
+        that names the rank. Ranks on other machines can't be looked at; their death stays the backend's."""
+        try:
+            yield
+        except Exception:
+            dead = self.dead_ranks() if self.enabled else []
+            if not dead:
+                raise
+            raise TinyGPTError(
+                f"rank {', '.join(map(str, dead))} of {self.world_size} died (its process is gone), so rank "
+                f"{self.rank} stops too; resume the run with --init_from=resume"
+            ) from None
+
+    def dead_ranks(self, wait: float = 2.0) -> list[int]:
+        """The other ranks on this machine whose process has ended, looked for during up to `wait`
+        seconds (the backend can notice a closed connection before the process is gone)."""
+        host, deadline = socket.gethostname(), time.monotonic() + wait
+        while True:
+            dead = [rank for rank, (where, pid) in enumerate(self.processes)
+                    if rank != self.rank and where == host and not process_alive(pid)]
+            if dead or time.monotonic() > deadline:
+                return dead
+            time.sleep(0.05)
 
     @property
     def is_master(self) -> bool:

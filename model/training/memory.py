@@ -19,11 +19,14 @@ the units it has gathered whole: the block running and the next one, prefetched,
 Sampling a batch of B samples is checked the same way (`check_sampling_fits`), before its first
 token: it keeps the weights, each layer's KV cache (2*B*block_size*C values), and while it fills
 the caches, one layer's activations over the whole window and the float32 attention scores.
+Evaluation (`evaluation_batch_that_fits`) keeps the weights, one layer's pass over B windows and the
+logits of all B*block_size positions, and lowers B to what fits.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +69,7 @@ def estimate_training_memory(model_config: GPTConfig, config: TrainConfig, dtype
     activation_size = dtype.itemsize
     per_layer_16bit = B * T * (34 * C + 5 * model_config.n_head * T)  # bytes with 16-bit activations
     activations = model_config.n_layer * per_layer_16bit * activation_size // 2
-    logits = 3 * B * T * model_config.vocab_size * 4
+    logits = logits_bytes(B * T, model_config.vocab_size)
     report = Report(model_config)  # counted from the config: nothing is allocated, even for 175B
     state = report.memory_bytes()["fp32"]["total"]  # weights, gradients and AdamW's moments stay float32
     if shards > 1:
@@ -112,6 +115,21 @@ def check_fits(model_config: GPTConfig, config: TrainConfig, device: str, dtype:
     return estimate
 
 
+def logits_bytes(positions: int, vocab_size: int) -> int:
+    """The float32 logits of `positions` token positions, about 3 copies (logits, softmax, and their
+    gradient or the loss's log-probabilities)."""
+    return 3 * positions * vocab_size * 4
+
+
+def layer_pass_bytes(model_config: GPTConfig, batch: int, T: int, size: int) -> int:
+    """One layer's activations over `batch` windows of T tokens without gradients (each layer's are
+    freed when the next runs): qkv, the MLP's hidden layer, the residual and one output, in `size`-byte
+    values, and the float32 attention scores."""
+    window = batch * T * (3 + model_config.mlp_ratio + 2) * model_config.n_embd * size
+    scores = batch * model_config.n_head * T * T * 4
+    return window + scores
+
+
 def sampling_bytes(model_config: GPTConfig, batch: int, prompt_tokens: int, new_tokens: int,
                    dtype: torch.dtype) -> int:
     """Memory for generating `batch` samples at once, weights included."""
@@ -120,11 +138,37 @@ def sampling_bytes(model_config: GPTConfig, batch: int, prompt_tokens: int, new_
     size = torch.empty((), dtype=dtype).element_size()
     weights = count_parameters(model_config) * size
     kv_caches = 2 * model_config.n_layer * B * model_config.block_size * C * size  # allocated whole
-    window = B * T * (3 + model_config.mlp_ratio + 2) * C * size  # qkv, MLP hidden, residual + one output
-    scores = B * model_config.n_head * T * T * 4
-    logits = 3 * B * model_config.vocab_size * 4
     tokens = B * (prompt_tokens + T + 1) * 9  # the padded prompt ids (int64) and its padding mask
-    return weights + kv_caches + window + scores + logits + tokens
+    return weights + kv_caches + layer_pass_bytes(model_config, B, T, size) + logits_bytes(B, model_config.vocab_size) + tokens
+
+
+def evaluation_bytes(model_config: GPTConfig, batch: int, dtype: torch.dtype) -> int:
+    """Memory for scoring `batch` windows of block_size tokens at once (model.eval): the weights, one
+    layer's pass over the windows, and the logits of every position."""
+    T, size = model_config.block_size, torch.empty((), dtype=dtype).element_size()
+    weights = count_parameters(model_config) * size
+    tokens = 2 * batch * T * 8  # inputs and targets, int64
+    return weights + layer_pass_bytes(model_config, batch, T, size) + logits_bytes(batch * T, model_config.vocab_size) + tokens
+
+
+def evaluation_batch_that_fits(model_config: GPTConfig, batch: int, device: str, dtype: torch.dtype,
+                               warn: Callable[[str], None]) -> int:
+    """`batch`, or (with a warning) the largest batch of windows whose evaluation fits in the device's
+    memory when `batch` doesn't; TinyGPTError when not even one window fits."""
+    available = machine_memory(device)
+    if available is None or evaluation_bytes(model_config, batch, dtype) <= available:
+        return batch
+    base = evaluation_bytes(model_config, 0, dtype)
+    most = (available - base) // (evaluation_bytes(model_config, 1, dtype) - base)
+    if most < 1:
+        raise TinyGPTError(
+            f"evaluating this model needs about {_gb(evaluation_bytes(model_config, 1, dtype))} even one window "
+            f"of block_size={model_config.block_size} at a time, but {device} has {_gb(available)}"
+        )
+    warn(f"--batch_size={batch} would need about {_gb(evaluation_bytes(model_config, batch, dtype))} (logits of "
+         f"{batch} x {model_config.block_size} positions x {model_config.vocab_size:,} tokens) but {device} has "
+         f"{_gb(available)}; evaluating with --batch_size={most} instead (the scores are the same)")
+    return most
 
 
 def check_sampling_fits(model_config: GPTConfig, batch: int, prompt_tokens: int, new_tokens: int, device: str,

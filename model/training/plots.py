@@ -1,4 +1,4 @@
-"""Loss curves as PNG files: out_dir/loss.png for one run, and one picture comparing several runs.
+"""Loss curves as pictures: out_dir/loss.png for one run, and one picture comparing several runs.
 
 Plots are drawn from metrics.jsonl alone, so they can be redrawn at any time (also for a run that
 crashed). matplotlib's object-oriented Figure is used directly, without pyplot: no global figure
@@ -13,10 +13,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from model.errors import TinyGPTError
 from model.files import atomic_write_bytes
-from model.training.metrics import METRICS, read_metrics
+from model.training.metrics import LOSS_PLOT, METRICS, read_metrics
 
-LOSS_PLOT = "loss.png"
 X_AXES = (("iter", "iteration"), ("wall_time", "wall time (s)"))
 
 
@@ -26,10 +26,22 @@ def series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], 
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def figure_format(path: str | Path) -> str:
+    """The image format a picture is written in: the one its file name's suffix names (.png, .pdf,
+    .svg, ...: any that matplotlib writes). Another suffix, or none, is refused."""
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise TinyGPTError(f"cannot tell which picture format to write for {path}: its name must end in one of "
+                           f"{', '.join('.' + f for f in sorted(formats))}")
+    return suffix
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Render to memory, then replace the file in one step, so a viewer never sees half a PNG."""
+    """Render to memory in the format path's suffix names, then replace the file in one step, so a
+    viewer never sees half a picture."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    fig.savefig(buffer, format=figure_format(path), bbox_inches="tight")
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
 
@@ -57,7 +69,7 @@ VAL_CURVES = {"val_loss": "val loss (nats per token)", "val_bpb": "val bits per 
 
 
 def plot_val_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: str | Path, metric: str = "val_loss") -> Path:
-    """One PNG with every run's `metric` (a VAL_CURVES key) against iteration (left) and wall time (right)."""
+    """One picture with every run's `metric` (a VAL_CURVES key) against iteration (left) and wall time (right)."""
     fig = Figure(figsize=(11, 4), dpi=100)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (x, label) in zip(axes, X_AXES):

@@ -33,7 +33,8 @@ from model.training.optim import learning_rate, make_optimizer
 from model.nn.report import GROUPS, Report
 from model.training.distributed import torchrun_env
 from model.training.lock import OutDirLock
-from model.training.resume import model_config_for_resume, train_config_for_resume
+from model.training.resume import (load_training_state, model_config_for_resume, refuse_used_out_dir,
+                                   train_config_for_resume)
 from model.training.rng import restore_rng, rng_state, seed_rank
 
 
@@ -111,6 +112,7 @@ class Trainer:
         self.out_dir = _make_out_dir(c.out_dir) if self.dist.is_master else Path(c.out_dir)
         if self.dist.is_master:
             remove_stale_temporaries(self.out_dir)  # left by runs killed mid-save
+        refuse_used_out_dir(self.out_dir, c, self.echo)  # every rank decides alike, before anything is written
         seed_rank(c.seed, self.dist.rank)
         self.batch_generator = torch.Generator().manual_seed(c.seed)  # alike on all ranks: see distributed.py
         self.iter_num = 0
@@ -128,7 +130,7 @@ class Trainer:
 
     def _load_resume(self) -> dict[str, Any]:
         path = self.out_dir / checkpoint.LATEST
-        resume = checkpoint.load_checkpoint(path, "cpu")
+        resume = load_training_state(path)
         self.echo(f"resuming from {path} at iteration {resume['iter_num']}")
         return resume
 
@@ -225,7 +227,7 @@ class Trainer:
         data sampler's position and this rank's RNGs."""
         try:
             self.dist.load_optimizer_state(self.model, self.optimizer, resume["optimizer"])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError):
             raise TinyGPTError(
                 f"the checkpoint's optimizer state does not fit optimizer='{self.config.optimizer}'; "
                 "resume with the optimizer the run was started with"
@@ -450,5 +452,5 @@ def train(model_config: GPTConfig, config: TrainConfig, quiet: bool = False) -> 
     owns_out_dir = env is None or env[0] == 0
     with OutDirLock(_make_out_dir(config.out_dir)) if owns_out_dir else contextlib.nullcontext():
         trainer = Trainer(model_config, config, quiet)
-        with trainer.stop:
+        with trainer.stop, trainer.dist.naming_dead_ranks():
             return trainer.run()
