@@ -12,17 +12,19 @@ import torch
 from helpers import CHARS
 
 
-def make_run(out_dir: Path, seed: int = 0, block_size: int = 32) -> Path:
+def make_run(out_dir: Path, seed: int = 0, block_size: int = 32, chars: str = CHARS,
+             vocab_size: int | None = None) -> Path:
     """A checkpoint of a tiny character-level GPT whose next-token choices are clear-cut (random
-    weights, scaled up), so greedy text doesn't hinge on rounding, in out_dir/ckpt.pt."""
+    weights, scaled up), so greedy text doesn't hinge on rounding, in out_dir/ckpt.pt. vocab_size:
+    the model's vocabulary rows, when more than the tokenizer's (a padded vocabulary)."""
     from model.checkpoint import model_state, save_checkpoint
     from model.config import GPTConfig
     from model.data.tokenizer import CharTokenizer
     from model.nn.gpt import GPT
 
     torch.manual_seed(seed)
-    tok = CharTokenizer(CHARS)
-    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=tok.vocab_size)
+    tok = CharTokenizer(chars)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=vocab_size or tok.vocab_size)
     model = GPT(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -47,27 +49,31 @@ def make_hf_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def serve(out_dirs=(), init_from=(), max_batch=4, max_waiting=8, api_key=None, **limits):
+def serve(out_dirs=(), init_from=(), max_batch=4, max_waiting=8, api_key=None, allowed_hosts=None, **limits):
     """An app serving the given runs, and its ServedModels."""
     from model.serving.api import Limits, create_app
     from model.serving.models import find_sources, load_served
 
     served = load_served(find_sources([str(d) for d in out_dirs], [], [str(f) for f in init_from]),
                          "cpu", torch.float32, True, max_batch, max_waiting)
-    return create_app(served, Limits(**limits), api_key), served
+    return create_app(served, Limits(**limits), api_key, allowed_hosts), served
 
 
 class LiveServer:
-    """uvicorn serving app on 127.0.0.1 at a free port, in a thread, for as long as the `with` lasts."""
+    """uvicorn serving app on 127.0.0.1 at a free port, in a thread, for as long as the `with` lasts,
+    with the connection limits `python -m model.serve` applies (defaults, or the given ones)."""
 
-    def __init__(self, app):
+    def __init__(self, app, **connection_limits):
         import uvicorn
+
+        from model.serving.connections import ConnectionLimits, server_options
 
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        options = server_options(ConnectionLimits(**connection_limits))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> "LiveServer":
