@@ -13,6 +13,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi", reason="the serve extra (FastAPI, uvicorn) is not installed")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
@@ -286,6 +288,57 @@ def test_a_loopback_server_answers_only_to_loopback_host_names(run):
         expect_error(client.get("/healthz", headers={"Host": "localhost"}), 400, "tinygpt.example")
 
 
+def test_serve_command_refuses_bad_connection_flags(capsys):
+    from model.cli import serve_main
+
+    for flag, message in (("--header_timeout=0", "--header_timeout must be a positive number of seconds"),
+                          ("--body_timeout=nan", "--body_timeout must be a positive number of seconds"),
+                          ("--max_connections=0", "--max_connections must be at least 1")):
+        assert serve_main([flag]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_python_m_model_serve_guards_its_connections(run):
+    """The command line applies both: loopback Host names only by default, and the header timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from helpers import ROOT
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "model.serve", f"--out_dir={run}", f"--port={port}",
+                                "--header_timeout=1", "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/healthz").status_code == 200
+            except httpx.HTTPError:
+                return process.poll() is not None
+        assert wait_until(up, timeout=120) and process.poll() is None
+        assert httpx.get(url + "/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+        error = expect_error(httpx.get(url + "/v1/models", headers={"Host": "rebound.example"}), 400, "rebound.example")
+        assert error["code"] == "invalid_host"
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+            slow.settimeout(10)
+            started = time.monotonic()
+            assert slow.recv(4096).startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
 # -- 5. text offsets with stop strings -----------------------------------------------------------------
 
 
@@ -301,3 +354,91 @@ def test_text_offsets_count_text_held_back_by_a_stop_string(run):
         with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
             events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         assert [o for e in events for o in e["choices"][0]["logprobs"]["text_offset"]] == [0, 1, 2, 3, 4]
+
+
+# -- random JSON bodies against every endpoint ------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+edge_values = st.sampled_from([0, 1, -1, 2, 3, 5, 20, 21, 64, 2**31, 2**63, 2**64, 0.5, 1.0, 1e308, -0.0, "", "hi",
+                               "é", [], [0], [[0]], [-1], [124], [125], [10**9], ["a", "b"], True, False, None, {}])
+texts = st.text(alphabet=CHARS, max_size=40)
+ids = st.integers(0, len(CHARS) - 1)  # the tokenizer's (the model has 64 more)
+valid = {  # values inside each field's bounds, so that many requests get as far as generating
+    "prompt": texts.filter(bool) | st.lists(ids, min_size=1, max_size=40) | st.lists(texts, min_size=1, max_size=2)
+    | st.lists(st.lists(ids, min_size=1, max_size=8), min_size=1, max_size=2),
+    "model": st.just("padded"),
+    "max_tokens": st.none() | st.integers(0, 16),
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0, 1, exclude_min=True),
+    "top_k": st.none() | st.integers(0, 200),
+    "n": st.integers(1, 2),
+    "logprobs": st.none() | st.integers(0, 20),
+    "stop": st.none() | texts | st.lists(texts, max_size=4),
+    "seed": st.none() | st.integers(0, 2**63 - 1),
+    "stream_options": st.none() | st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "layer": st.none() | st.integers(0, 1),
+    "head": st.none() | st.integers(0, 1),
+    "frequency_penalty": st.just(0),
+    "presence_penalty": st.just(0),
+    "user": st.none() | texts,
+}
+any_value = edge_values | json_values
+
+
+@pytest.fixture(scope="module")
+def property_server(padded_run):
+    """A server (in process) of the padded-vocabulary model with tight limits, so each request is
+    cheap, and a handler that keeps every error its log records."""
+    app, _ = serve([padded_run], max_batch=4, max_waiting=16, max_tokens=16, max_n=2, max_prompts=2,
+                   max_prompt_tokens=48, max_attention_tokens=32)
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    logger = logging.getLogger("tinygpt.serve")
+    logger.addHandler(handler)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        endpoints = []  # (method, path, its JSON body's fields)
+        for route in app.routes:
+            body = getattr(route, "body_field", None)
+            fields = sorted(getattr(body.field_info.annotation, "model_fields", {})) if body is not None else []
+            endpoints += [(method, route.path, fields) for method in sorted(getattr(route, "methods", ()))]
+        yield client, endpoints, errors
+    logger.removeHandler(handler)
+
+
+@pytest.mark.slow
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_bodies_never_get_a_500(property_server, data):
+    """Any JSON to any endpoint (the app's routes, so new ones are included): a 200 or a JSON 4xx,
+    never a 500, never a stream that fails midway, never an error in the server's log, and the
+    server answers /healthz after each. Bounded by max_examples and the server's tight limits."""
+    client, endpoints, errors = property_server
+    errors.clear()
+    with_body = [endpoint for endpoint in endpoints if endpoint[2]]
+    method, path, fields = data.draw(st.sampled_from(endpoints + 3 * with_body), label="endpoint")
+    every_field = sorted({name for _, _, names in endpoints for name in names})
+    field_values = {name: valid.get(name, st.booleans()) for name in fields}  # the rest are flags
+    without_prompt = {name: values for name, values in field_values.items() if name != "prompt"}
+    body = data.draw(st.one_of(
+        json_values,
+        st.dictionaries(st.sampled_from(every_field), any_value, max_size=6),
+        st.fixed_dictionaries({}, optional={name: values | any_value for name, values in field_values.items()}),
+        *[st.fixed_dictionaries({"prompt": valid["prompt"]}, optional=without_prompt)] * 3,
+    ), label="body")
+    raw = json.dumps(body)
+    if data.draw(st.booleans(), label="stream") and isinstance(body, dict):
+        raw = json.dumps({**body, "stream": True})
+    with client.stream(method, path, content=raw, headers={"content-type": "application/json"}) as r:
+        text = r.read().decode()
+    assert r.status_code < 500, text
+    if r.status_code >= 400:
+        assert set(json.loads(text)["error"]) == {"message", "type", "param", "code"}
+    if r.headers["content-type"].startswith("text/event-stream"):  # no stream that fails midway
+        assert 'data: {"error"' not in text and text.endswith("data: [DONE]\n\n"), text
+    assert not errors, [logging.Formatter().format(e) for e in errors]
+    assert client.get("/healthz").json()["status"] == "ok"
