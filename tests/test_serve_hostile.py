@@ -24,31 +24,17 @@ from fastapi.testclient import TestClient  # noqa: E402
 from helpers import CHARS  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.sampling.generate import generate_text  # noqa: E402
-from serving_helpers import LiveServer, make_run, serve, wait_until  # noqa: E402
+from serving_helpers import (  # noqa: E402
+    PROMPT, LiveServer, ServeCommand, complete, expect_error, make_run, serve, wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PROMPT = "ROMEO:\nBut soft"
 
-
-def complete(client, **body) -> dict:
-    r = client.post("/v1/completions", json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def expect_error(response, status: int, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    for word in words:
-        assert word in error["message"], error["message"]
-    return error
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("hostile") / "shakespeare")
+@pytest.fixture
+def run(tmp_path):
+    """A tiny character-level run (make_run's)."""
+    return make_run(tmp_path / "shakespeare")
 
 
 # -- 1. a vocabulary padded beyond the tokenizer's ---------------------------------------------------
@@ -302,41 +288,19 @@ def test_serve_command_refuses_bad_connection_flags(capsys):
 @pytest.mark.slow
 def test_python_m_model_serve_guards_its_connections(run):
     """The command line applies both: loopback Host names only by default, and the header timeout."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import httpx
 
-    from helpers import ROOT
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "model.serve", f"--out_dir={run}", f"--port={port}",
-                                "--header_timeout=1", "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/healthz").status_code == 200
-            except httpx.HTTPError:
-                return process.poll() is not None
-        assert wait_until(up, timeout=120) and process.poll() is None
-        assert httpx.get(url + "/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
-        error = expect_error(httpx.get(url + "/v1/models", headers={"Host": "rebound.example"}), 400, "rebound.example")
+    with ServeCommand(f"--out_dir={run}", "--header_timeout=1", "--quiet") as server:
+        assert httpx.get(server.url + "/healthz", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+        error = expect_error(httpx.get(server.url + "/v1/models", headers={"Host": "rebound.example"}), 400,
+                             "rebound.example")
         assert error["code"] == "invalid_host"
-        with socket.create_connection(("127.0.0.1", port)) as slow:
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\n")
             slow.settimeout(10)
             started = time.monotonic()
             assert slow.recv(4096).startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    assert process.returncode == 0 and "Traceback" not in err, err
+    assert server.returncode == 0 and "Traceback" not in server.err, server.err
 
 
 # -- 5. text offsets with stop strings -----------------------------------------------------------------
