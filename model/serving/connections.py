@@ -1,6 +1,6 @@
 """What a client may do with a connection before the app sees a request: how long it may take to
-send a request's headers and its body, how many connections may be open at once, and which Host
-names the server answers to.
+send a request's headers and its body, and how many connections may be open at once; and which Host
+names the server answers to unless told (api.py's HostCheck refuses the others).
 
 uvicorn's own timeout (`timeout_keep_alive`) covers only the idle time between two requests and
 starts again at every byte received, and a connection that has sent nothing yet has none at all; its
@@ -16,9 +16,9 @@ request, and a connection limit applied the moment a connection opens:
 - max_connections: a connection beyond it gets a 503 and is closed at once.
 
 A connection past a deadline is closed, with a 408 when part of a request had arrived (an idle one
-is closed without a word, as uvicorn closes idle keep-alive connections). Neither deadline runs while a response is
-being generated or streamed, however long that takes. (The protocol reads uvicorn's `cycle`, the
-request being received, and its `more_body`, the same in both implementations.)
+is closed without a word, as uvicorn closes idle keep-alive connections). Neither deadline runs
+while a response is being generated or streamed, however long that takes. (The protocol reads
+uvicorn's `cycle`, the request being received, and its `more_body`, the same in both implementations.)
 """
 
 from __future__ import annotations

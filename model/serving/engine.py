@@ -6,14 +6,14 @@ step samples one token per text, with that text's own temperature / top-k / top-
 generator, over the tokenizer's ids only (a padded vocabulary's extra rows are no token), and hands
 the new text to its request as an Event, on the request's event loop. A text leaves the batch when it
 ends (a stop string, the end-of-text token, max_tokens) or when its request is cancelled (the client
-went away).
+went away). Other model work (loading, attention maps, the prompt's log-probabilities) runs on the
+same thread between steps, so nothing else competes for the cores mid-step.
 
 A request can never fail another. Sampling a text's token is that text's own work: if it raises,
 that text's request ends with an error and nobody else's. If the batch itself raises (a join's
 prefill, a step's forward pass), its state is unknown: a fresh batch is built, into which every text
 joins again on its own (a prefill of its context that gives the logits the step would have), and a
-text that fails even alone fails its request, and no other. Other model work (loading, attention maps, the prompt's
-log-probabilities) runs on the same thread between steps, so nothing else competes for the cores mid-step.
+text that fails even alone fails its request, and no other.
 
 One thread runs all of it, for every model served (a DecodingThread shared by their Engines). Models
 served together share the cores anyway, and PyTorch's OpenMP runtime keeps a pool of worker threads
@@ -336,6 +336,7 @@ class Engine:
             self._fail(choice)
 
     def _sample(self, choice: Choice, logits: Tensor) -> None:
+        """_advance's work, which may raise."""
         s = choice.job.sampling
         if choice.generated == 0:
             choice.generator = torch.Generator(device=self.device)
