@@ -7,8 +7,8 @@ starts again at every byte received, and a connection that has sent nothing yet 
 `limit_concurrency` answers 503 only once a request's headers are in. So a client that opens
 connections and trickles their headers or bodies a byte at a time would hold each one (an open file)
 for as long as it likes, until the process runs out of files and nobody else gets an answer.
-GuardedHTTP is uvicorn's HTTP protocol (h11, or httptools when installed) with two deadlines per
-request, and a connection limit applied the moment a connection opens:
+GuardedHTTP is uvicorn's h11 HTTP protocol (always, even where httptools is installed: one tested
+path) with two deadlines per request, and a connection limit applied the moment a connection opens:
 
 - header_timeout: from the connection's start, or from the end of its previous response, until the
   request's headers are complete;
@@ -18,7 +18,7 @@ request, and a connection limit applied the moment a connection opens:
 A connection past a deadline is closed, with a 408 when part of a request had arrived (an idle one
 is closed without a word, as uvicorn closes idle keep-alive connections). Neither deadline runs
 while a response is being generated or streamed, however long that takes. (The protocol reads
-uvicorn's `cycle`, the request being received, and its `more_body`, the same in both implementations.)
+uvicorn's `cycle`, the request being received, and its `more_body`.)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model.serving.api import error_body
 
@@ -67,7 +67,7 @@ def parse_allowed_hosts(text: str) -> list[str] | None:
     return None if "*" in names or not names else names
 
 
-class GuardedHTTP(AutoHTTPProtocol):
+class GuardedHTTP(H11Protocol):
     """uvicorn's HTTP protocol with the deadlines and the connection limit of the module docstring;
     server_options() makes one for given ConnectionLimits."""
 
