@@ -499,8 +499,8 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 SERVE_EPILOG = """The page is at http://HOST:PORT/ and the API under /v1 (see docs/serving.md). It binds
-127.0.0.1 unless --host says otherwise; with an API key (--api_key or $TINYGPT_API_KEY) every /v1
-request must send 'Authorization: Bearer KEY'."""
+127.0.0.1 unless --host says otherwise, and then answers only to loopback host names (--allowed_hosts);
+with an API key (--api_key or $TINYGPT_API_KEY) every /v1 request must send 'Authorization: Bearer KEY'."""
 
 
 @guarded
@@ -513,8 +513,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     except ImportError:
         raise TinyGPTError("serving needs FastAPI and uvicorn: pip install -e \".[serve]\"") from None
     from model.serving.api import API_KEY_ENV, Limits
+    from model.serving.connections import ConnectionLimits, default_allowed_hosts, parse_allowed_hosts, server_options
 
-    limits = Limits()
+    limits, connection_limits = Limits(), ConnectionLimits()
     limit_help = {
         "max_prompt_tokens": "longest prompt, in tokens", "max_tokens": "most tokens generated per text",
         "max_n": "most texts per prompt (n)", "max_logprobs": "most alternatives reported per token",
@@ -533,6 +534,15 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api_key", default=None, help=f"require this key on API requests (default: ${API_KEY_ENV})")
+    parser.add_argument("--allowed_hosts", default=None,
+                        help="comma-separated Host names to answer to, * for any (default: localhost, 127.0.0.1 "
+                             "and ::1 when --host is a loopback address, else any)")
+    parser.add_argument("--header_timeout", type=float, default=connection_limits.header_timeout,
+                        help="seconds a client has to send a request's headers")
+    parser.add_argument("--body_timeout", type=float, default=connection_limits.body_timeout,
+                        help="seconds a client has to send a request's body, after its headers")
+    parser.add_argument("--max_connections", type=int, default=connection_limits.max_connections,
+                        help="connections open at once; one more gets 503")
     add_inference_flags(parser)
     parser.add_argument("--c_decode", type=parse_bool, default=True,
                         help="on a CPU, decode a lone text's tokens in C (model/kernels/decode.py); False keeps PyTorch's ops")
@@ -548,8 +558,17 @@ def serve_main(argv: list[str] | None = None) -> int:
             raise TinyGPTError(f"--{name} must be at least 1")
     if args.max_logprobs < 0 or not 0 < args.port < 65536:
         raise TinyGPTError("--max_logprobs must be >= 0 and --port between 1 and 65535")
+    for name in ("header_timeout", "body_timeout"):
+        if not 0 < getattr(args, name) < math.inf:
+            raise TinyGPTError(f"--{name} must be a positive number of seconds")
+    if args.max_connections < 1:
+        raise TinyGPTError("--max_connections must be at least 1")
     for name in limit_help:
         setattr(limits, name, getattr(args, name))
+    connection_limits = ConnectionLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                                         max_connections=args.max_connections)
+    allowed_hosts = (default_allowed_hosts(args.host) if args.allowed_hosts is None
+                     else parse_allowed_hosts(args.allowed_hosts))
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
 
     import socket
@@ -571,10 +590,11 @@ def serve_main(argv: list[str] | None = None) -> int:
              *(resolve_model(name) for name in args.init_from)]
     sources = find_sources(named, args.runs)
     served = load_served(sources, device, args.dtype, args.c_decode, args.max_batch, args.max_waiting)
-    app = create_app(served, limits, api_key)
+    app = create_app(served, limits, api_key, allowed_hosts)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {', '.join(m.id for m in served)} at {where} (API: {where}v1; Ctrl-C stops)", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach it can use it", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=not args.quiet)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=not args.quiet,
+                **server_options(connection_limits))
     return 0

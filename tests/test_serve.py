@@ -18,12 +18,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from model.checkpoint import load_model  # noqa: E402
 from model.sampling.generate import generate_text  # noqa: E402
-from serving_helpers import LiveServer, make_hf_folder, make_run, serve, wait_until  # noqa: E402
+from serving_helpers import (  # noqa: E402
+    PROMPT, LiveServer, ServeCommand, complete, expect_error, make_hf_folder, make_run, serve, wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-PROMPT = "ROMEO:\nBut soft"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -43,12 +42,6 @@ def client(run):
         yield c
 
 
-def complete(client, **body) -> dict:
-    r = client.post("/v1/completions", json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def events(lines) -> list:
     """The JSON events of a server-sent-event stream; checks it ends with [DONE]."""
     data = [line[len("data: "):] for line in lines if line.startswith("data: ")]
@@ -61,16 +54,6 @@ def stream(client, **body) -> list:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         return events(list(r.iter_lines()))
-
-
-def expect_error(response, status: int, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    for word in words:
-        assert word in error["message"], error["message"]
-    assert "Traceback" not in response.text
-    return error
 
 
 # -- the endpoints ---------------------------------------------------------------------------------
@@ -471,32 +454,10 @@ def test_sources_get_unique_ids(tmp_path):
 
 @pytest.mark.slow
 def test_python_m_model_serve(run):
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import httpx
 
-    from helpers import ROOT
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "model.serve", f"--out_dir={run}", f"--port={port}"],
-                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-            except httpx.HTTPError:
-                return process.poll() is not None
-        assert wait_until(up, timeout=120) and process.poll() is None
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": PROMPT, "max_tokens": 5}, timeout=60)
+    with ServeCommand(f"--out_dir={run}") as server:
+        reply = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 5}, timeout=60)
         assert reply.status_code == 200 and len(reply.json()["choices"][0]["text"]) == 5
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    assert f"serving shakespeare at http://127.0.0.1:{port}/" in err and "Traceback" not in err
+    assert server.returncode == 0, server.err
+    assert f"serving shakespeare at {server.url}/" in server.err and "Traceback" not in server.err

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from model.nn.attention import KVCache
 from model.nn.gpt import GPT
+from model.sampling.generate import cut_to_vocabulary
 
 
 class Sequence:
@@ -43,13 +44,16 @@ class Sequence:
 
 class RunningBatch:
     """Decode any number of sequences together, each joining and leaving at any step; `capacity`
-    bounds how many are in the batch at once (the caches grow up to it as sequences join)."""
+    bounds how many are in the batch at once (the caches grow up to it as sequences join).
+    vocab_size: the tokenizer's, when the model has more vocabulary rows; the logits returned cover
+    only its ids (cut_to_vocabulary, as in generate())."""
 
-    def __init__(self, model: GPT, capacity: int):
+    def __init__(self, model: GPT, capacity: int, vocab_size: int | None = None):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.model = model
         self.capacity = capacity
+        self.vocab_size = vocab_size
         self.block_size = model.config.block_size
         self.cached: list[Sequence] = []  # in row order
         self.sliding: list[Sequence] = []
@@ -89,7 +93,7 @@ class RunningBatch:
         if start > 0:
             pad = torch.arange(self.length, device=self.keys[0].device)[None, :] < start  # (1, length)
         ids = torch.tensor([seq.tokens], dtype=torch.long, device=self.keys[0].device)  # (1, P)
-        logits = self.model.next_logits(ids, pad, caches)[0]  # (vocab,)
+        logits = cut_to_vocabulary(self.model.next_logits(ids, pad, caches)[0], self.vocab_size)  # (vocab,)
         seq.row = row
         self.cached.append(seq)
         self.pad.append(start)
@@ -139,13 +143,13 @@ class RunningBatch:
                 pad = torch.arange(self.length + 1, device=device)[None, :] < pads  # (n, length + 1)
             logits = self.model.next_logits(ids, pad, caches)  # (n, vocab)
         self.length += 1
-        return logits
+        return cut_to_vocabulary(logits, self.vocab_size)
 
     def _window_logits(self, seqs: list[Sequence]) -> Tensor:
         """Logits (len(seqs), vocab) from each sequence's last block_size tokens, without a cache."""
         device = self.model.lm_head.weight.device
         ids = torch.tensor([s.tokens[-self.block_size:] for s in seqs], dtype=torch.long, device=device)
-        return self.model.next_logits(ids)
+        return cut_to_vocabulary(self.model.next_logits(ids), self.vocab_size)
 
     def _caches(self, rows: slice, length: int) -> list[KVCache]:
         """KV caches over the given rows of the shared buffers, holding `length` columns."""

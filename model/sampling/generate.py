@@ -62,6 +62,14 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def cut_to_vocabulary(logits: Tensor, vocab_size: int | None) -> Tensor:
+    """logits (..., model's vocab) -> (..., vocab_size): only the ids the tokenizer has. A model can
+    have more vocabulary rows than its tokenizer has tokens (padded for speed, see
+    model/training/trainer.py's padded_vocab_size, or trained with a larger --vocab_size); those ids
+    are no token, so they are never sampled, ranked or scored. vocab_size None keeps every row."""
+    return logits if vocab_size is None else logits[..., :vocab_size]
+
+
 def prepare_for_sampling(model: GPT, dtype: torch.dtype = torch.float32, c_decode: bool = True) -> GPT:
     """Cast the model to dtype for inference, let the C kernels run it (apply_kernels, unless they are
     switched off) and lay its weights out for fast decoding, in place; returns the model in eval mode.
@@ -159,8 +167,7 @@ def generate(
             logits = fast.step(int(new[0, 0]), caches)  # (1, vocab)
         else:
             logits = model.next_logits(new, window_pad, caches)  # (B, vocab)
-        if vocab_size is not None:
-            logits = logits[:, :vocab_size]  # padding rows are no token
+        logits = cut_to_vocabulary(logits, vocab_size)
         next_ids = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         # only the last block_size tokens are ever looked at again; keeping one more than that (so the
         # window still slides) bounds memory however many tokens are asked for

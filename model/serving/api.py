@@ -8,8 +8,10 @@
     POST /v1/attention     attention weights of a layer/head (or all of them) over a text, with its tokens
 
 Every error is JSON, {"error": {"message", "type", "param", "code"}}, with a 4xx status for bad
-input (400 malformed or out of bounds, 401 wrong key, 404 unknown model or path, 413 body too large,
-422 wrong types or unknown fields), 429 when the queue is full and 503 while shutting down.
+input (400 malformed or out of bounds, or a Host name the server doesn't answer to, 401 wrong key,
+404 unknown model or path, 413 body too large, 422 wrong types or unknown fields), 429 when the queue
+is full and 503 while shutting down (connections.py adds 408 and 503 for slow clients and too many
+connections).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from itertools import accumulate
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from model.errors import TinyGPTError
+from model.sampling.generate import cut_to_vocabulary
 from model.serving.engine import Busy, Event, Job, Sampling, TokenInfo, token_text, top_logprobs
 from model.serving.models import ServedModel
 
@@ -67,11 +72,15 @@ class APIError(Exception):
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 
 
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """Every error's JSON: {"error": {"message", "type", "param", "code"}}."""
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 class Strict(BaseModel):
@@ -180,8 +189,41 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(served: list[ServedModel], limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
-    """The server's app. The engines' decoding thread runs while the app does (its lifespan)."""
+def host_name(header: str) -> str | None:
+    """The name in a Host header ("name", "name:port", "[v6]:port"), lowercase and without IPv6's
+    brackets; None when the header is not of that form."""
+    try:
+        parts = urlsplit("//" + header)
+        parts.port  # raises ValueError unless the port is a number up to 65535
+    except ValueError:  # also an unclosed "[" of an IPv6 address
+        return None
+    if parts.netloc != header or "@" in header or not parts.hostname:
+        return None
+    return parts.hostname
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names none of allowed_hosts gets 400. A page on
+    another site that points its own name at this server's address (DNS rebinding) sends that name."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app, self.allowed = app, {name.lower().strip("[]") for name in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+        if host_name(header) not in self.allowed:
+            message = (f"this server does not answer to the host name {header!r} (it answers to "
+                       f"{', '.join(sorted(self.allowed))}; see --allowed_hosts)")
+            return await error_response(400, message, code="invalid_host")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def create_app(served: list[ServedModel], limits: Limits | None = None, api_key: str | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The server's app. The engines' decoding thread runs while the app does (its lifespan).
+    allowed_hosts: the Host names it answers to (None: any)."""
     if not served:
         raise TinyGPTError("no model to serve")
     limits = limits or Limits()
@@ -310,6 +352,8 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
                 "offset": offset, "layers": layers, "heads": heads, "weights": weights}
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -354,6 +398,8 @@ def check_completion(body: CompletionRequest, prompts: list, m: ServedModel, lim
          f"{len(prompts)} prompt(s) x n={body.n} is more texts than the server queues ({m.engine.max_waiting})"),
         (body.logprobs is not None and body.logprobs > limits.max_logprobs, "logprobs",
          f"logprobs is {body.logprobs}, more than the limit of {limits.max_logprobs}"),
+        (body.logprobs is not None and body.logprobs > m.tok.vocab_size, "logprobs",
+         f"logprobs is {body.logprobs}, more than this model's vocabulary of {m.tok.vocab_size} tokens"),
         (body.frequency_penalty != 0 or body.presence_penalty != 0, "frequency_penalty",
          "frequency_penalty and presence_penalty are not supported (only 0)"),
         (body.stream_options is not None and not body.stream, "stream_options", "stream_options needs stream: true"),
@@ -382,6 +428,7 @@ async def echo_parts(m: ServedModel, prompts: list, body: CompletionRequest) -> 
         for ids, text in prompts:
             idx = torch.tensor([ids], dtype=torch.long, device=m.engine.device)
             logits, _ = m.model(idx)  # (1, P, vocab): position i predicts token i + 1
+            logits = cut_to_vocabulary(logits, m.tok.vocab_size)
             infos: list[TokenInfo | None] = [None]
             for i in range(1, len(ids)):
                 logprobs, top = top_logprobs(m.tok, logits[0, i - 1], body.logprobs)
@@ -390,6 +437,17 @@ async def echo_parts(m: ServedModel, prompts: list, body: CompletionRequest) -> 
         return out
 
     return await asyncio.wrap_future(m.engine.call(compute))
+
+
+def logprobs_object(infos: list[TokenInfo | None], offsets: list[int], texts: list[str] | None = None) -> dict:
+    """OpenAI's logprobs object for these tokens, at these text offsets; a token without info (the
+    prompt's first, when echoed) is shown by its entry in texts."""
+    return {
+        "tokens": [texts[i] if info is None else info.text for i, info in enumerate(infos)],
+        "token_logprobs": [None if info is None else info.logprob for info in infos],
+        "top_logprobs": [None if info is None else dict(info.top) for info in infos],
+        "text_offset": offsets,
+    }
 
 
 class Reply:
@@ -401,7 +459,7 @@ class Reply:
         self.created = int(time.time())
         self.n_choices = len(job.choices)
         self.prompt_tokens = sum(len(ids) for ids, _ in prompts)
-        self.offsets = [0] * self.n_choices  # characters of text so far, per choice
+        self.echoed_chars = [0] * self.n_choices  # characters of echoed prompt, per choice: where text_offset starts
         self.tokens = [0] * self.n_choices
 
     def echo_choice(self, index: int) -> dict:
@@ -409,30 +467,16 @@ class Reply:
         logprobs = None
         if extra is not None:
             infos, texts = extra
-            logprobs = self.logprobs_object(index, infos, texts)
-        self.offsets[index] += len(text)
+            offsets = list(accumulate((len(t) for t in texts[:-1]), initial=0))
+            logprobs = logprobs_object(infos, offsets, texts)
+        self.echoed_chars[index] = len(text)
         return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}
-
-    def logprobs_object(self, index: int, infos: list, texts: list[str] | None = None) -> dict:
-        """OpenAI's logprobs object for these tokens, starting at this choice's current text offset."""
-        offsets, position = [], self.offsets[index]
-        for i, info in enumerate(infos):
-            offsets.append(position)
-            if texts is not None:
-                position += len(texts[i])
-        return {
-            "tokens": [texts[i] if info is None else info.text for i, info in enumerate(infos)],
-            "token_logprobs": [None if info is None else info.logprob for info in infos],
-            "top_logprobs": [None if info is None else dict(info.top) for info in infos],
-            "text_offset": offsets,
-        }
 
     def event_choice(self, event: Event) -> dict:
         logprobs = None
         if event.token is not None:
-            logprobs = self.logprobs_object(event.index, [event.token])
+            logprobs = logprobs_object([event.token], [self.echoed_chars[event.index] + event.token.offset])
         self.tokens[event.index] += event.tokens
-        self.offsets[event.index] += len(event.text)
         return {"text": event.text, "index": event.index, "logprobs": logprobs, "finish_reason": event.finish_reason}
 
     def usage(self) -> dict:

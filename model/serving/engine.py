@@ -3,10 +3,17 @@
 Requests arrive on the web server's event loop; their texts ("choices": n per prompt) queue here and
 join the running batch (model/sampling/batch.py) at the next step, up to `max_batch` at once; each
 step samples one token per text, with that text's own temperature / top-k / top-p and random
-generator, and hands the new text to its request as an Event, on the request's event loop. A text
-leaves the batch when it ends (a stop string, the end-of-text token, max_tokens) or when its request
-is cancelled (the client went away). Other model work (loading, attention maps, the prompt's
-log-probabilities) runs on the same thread between steps, so nothing else competes for the cores mid-step.
+generator, over the tokenizer's ids only (a padded vocabulary's extra rows are no token), and hands
+the new text to its request as an Event, on the request's event loop. A text leaves the batch when it
+ends (a stop string, the end-of-text token, max_tokens) or when its request is cancelled (the client
+went away). Other model work (loading, attention maps, the prompt's log-probabilities) runs on the
+same thread between steps, so nothing else competes for the cores mid-step.
+
+A request can never fail another. Sampling a text's token is that text's own work: if it raises,
+that text's request ends with an error and nobody else's. If the batch itself raises (a join's
+prefill, a step's forward pass), its state is unknown: a fresh batch is built, into which every text
+joins again on its own (a prefill of its context that gives the logits the step would have), and a
+text that fails even alone fails its request, and no other.
 
 One thread runs all of it, for every model served (a DecodingThread shared by their Engines). Models
 served together share the cores anyway, and PyTorch's OpenMP runtime keeps a pool of worker threads
@@ -36,6 +43,10 @@ from model.sampling.batch import RunningBatch, Sequence
 from model.sampling.generate import StopAtString, sample_next
 
 log = logging.getLogger("tinygpt.serve")
+
+
+GENERATION_FAILED = "internal error while generating; see the server's log"
+"""The error a request's texts end with when generating them raised (the log has the traceback)."""
 
 
 class Busy(Exception):
@@ -71,6 +82,9 @@ class TokenInfo:
     text: str
     logprob: float
     top: list[tuple[str, float]]
+    offset: int = 0
+    """Characters of the choice's text that come before this token (held back by a stop string or
+    not), OpenAI's text_offset without the echoed prompt."""
 
 
 @dataclass
@@ -132,8 +146,12 @@ class Choice:
         self.job, self.index, self.prompt = job, index, prompt
         self.seed_offset = offset
         self.sequence: Sequence | None = None
+        self.context: list[int] = []
+        """The last block_size tokens it has seen and is due to see (prompt, generated, next_token):
+        what it joins a rebuilt batch with."""
         self.next_token: int | None = None
         self.generated = 0
+        self.chars = 0  # characters of text decoded so far, held back by a stop string or not
         self.generator: torch.Generator | None = None
         self.decoder: StreamDecoder | None = None
         self.stopper: StopAtString | None = None
@@ -206,13 +224,17 @@ class Engine:
         self.model, self.tok = model, tok
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.device = model.lm_head.weight.device
-        self.batch = RunningBatch(model, max_batch)
+        self.block_size = model.config.block_size
+        self.batch = self._new_batch()
         self.waiting: deque[Choice] = deque()
         self.active: list[Choice] = []
         self.thread = thread
         thread.engines.append(self)
         self.steps = 0  # decoding steps run (each one forward pass for every active text)
         self.peak = 0  # most texts decoded in one step
+
+    def _new_batch(self) -> RunningBatch:
+        return RunningBatch(self.model, self.max_batch, self.tok.vocab_size)
 
     def submit(self, job: Job) -> None:
         """Queue a request's texts; raises Busy when the queue has no room for them."""
@@ -235,13 +257,15 @@ class Engine:
 
     @torch.inference_mode()
     def advance(self) -> None:
-        """Admit waiting texts and decode one token for each text in the batch (on the decoding thread)."""
+        """Admit waiting texts and decode one token for each text in the batch (on the decoding thread).
+        Failures are kept to the request that caused them (the module docstring says how); whatever
+        still escapes that ends every text, rather than the thread."""
         try:
             self._admit()
             self._step()
         except Exception:
             log.exception("decoding failed; ending the texts being generated")
-            self.fail_all("internal error while generating; see the server's log")
+            self.fail_all(GENERATION_FAILED)
 
     def _admit(self) -> None:
         """Move waiting texts into the batch while there is room (each joins with one prefill)."""
@@ -252,7 +276,13 @@ class Engine:
                 choice = self.waiting.popleft()
             if choice.job.cancelled:
                 continue
-            choice.sequence, logits = self.batch.join(choice.prompt)
+            choice.context = choice.prompt[-self.block_size:]
+            try:
+                choice.sequence, logits = self.batch.join(choice.context)
+            except Exception:
+                log.exception("a text failed to join the batch; every text joins a fresh batch on its own")
+                self._rebuild(self.active + [choice])
+                continue
             self.active.append(choice)
             self._advance(choice, logits)
 
@@ -262,14 +292,51 @@ class Engine:
             self._finish(choice)
         if not self.active:
             return
-        logits = self.batch.step({c.sequence: c.next_token for c in self.active})
+        try:
+            logits = self.batch.step({c.sequence: c.next_token for c in self.active})
+        except Exception:
+            log.exception("a decoding step failed; every text joins a fresh batch on its own")
+            self._rebuild(self.active)
+            return
         self.steps += 1
         self.peak = max(self.peak, len(self.active))
         for choice in list(self.active):
             self._advance(choice, logits[choice.sequence])
 
+    def _rebuild(self, choices: list[Choice]) -> None:
+        """After the batch raised: a fresh batch, which each of `choices` joins on its own with its
+        context, then samples from the logits that gives (what the failed step or join was due to
+        give it). A text that fails to join alone fails its request; the batch is then built again
+        without it, since a failed join may leave it in any state."""
+        pending = [c for c in choices if not c.job.cancelled]
+        while True:
+            self.batch, self.active, joined = self._new_batch(), [], []
+            for choice in pending:
+                try:
+                    choice.sequence, logits = self.batch.join(choice.context)
+                except Exception:
+                    log.exception("a text failed on its own; ending its request")
+                    pending.remove(choice)
+                    self._fail(choice)
+                    break
+                joined.append((choice, logits))
+            else:
+                break
+        self.active = [choice for choice, _ in joined]
+        for choice, logits in joined:
+            self._advance(choice, logits)
+
     def _advance(self, choice: Choice, logits: Tensor) -> None:
-        """Sample choice's next token from its logits (vocab,), and report the text it adds."""
+        """Sample choice's next token from its logits (vocab,), and report the text it adds; a
+        failure ends choice's request alone."""
+        try:
+            self._sample(choice, logits)
+        except Exception:
+            log.exception("sampling a token failed; ending its request")
+            self._fail(choice)
+
+    def _sample(self, choice: Choice, logits: Tensor) -> None:
+        """_advance's work, which may raise."""
         s = choice.job.sampling
         if choice.generated == 0:
             choice.generator = torch.Generator(device=self.device)
@@ -282,10 +349,12 @@ class Engine:
         info = None
         if s.logprobs is not None:
             logprobs, top = top_logprobs(self.tok, logits, s.logprobs)
-            info = TokenInfo(token, token_text(self.tok, token), float(logprobs[token]), top)
+            info = TokenInfo(token, token_text(self.tok, token), float(logprobs[token]), top, choice.chars)
         choice.generated += 1
         end_of_text = token == self.tok.eot_token
-        text = "" if end_of_text else choice.stopper.push(choice.decoder.push([token]))
+        decoded = "" if end_of_text else choice.decoder.push([token])
+        choice.chars += len(decoded)
+        text = choice.stopper.push(decoded)
         finish = None
         if choice.stopper.stopped:
             finish = "stop"
@@ -297,10 +366,20 @@ class Engine:
             self._finish(choice)
         else:
             choice.next_token = token
+            choice.context.append(token)
+            del choice.context[: -self.block_size]
 
     def _finish(self, choice: Choice) -> None:
         self.batch.leave(choice.sequence)
         self.active.remove(choice)
+
+    def _fail(self, choice: Choice) -> None:
+        """End choice's request with an error (its other texts stop at the next step), and take
+        choice out of the batch."""
+        choice.job.emit(Event(choice.index, error=GENERATION_FAILED, tokens=0))
+        choice.job.cancel()
+        if choice in self.active:
+            self._finish(choice)
 
     def fail_all(self, message: str) -> None:
         """End every text, waiting or being decoded, with an error event."""
@@ -309,4 +388,4 @@ class Engine:
         for choice in self.active + waiting:
             choice.job.emit(Event(choice.index, error=message, tokens=0))
         self.active = []
-        self.batch = RunningBatch(self.model, self.max_batch)  # whatever state the failure left
+        self.batch = self._new_batch()  # whatever state the failure left
