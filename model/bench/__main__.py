@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from model.threads import configure_threads
+
 SUBCOMMANDS = {
     "generate": "model.bench.generate",  # sampling speed against transformers
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
@@ -19,6 +21,7 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
         print(f"usage: python -m model.bench {{{','.join(SUBCOMMANDS)}}} [args...]", file=sys.stderr)
         return 2
+    configure_threads()  # before the benchmark imports torch (model/threads.py)
     module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
     return module.main(sys.argv[2:]) or 0
 
