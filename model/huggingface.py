@@ -162,14 +162,21 @@ def download(name: str) -> Path:
     """The local snapshot folder of hub model `name` (config.json and weights only)."""
     try:
         from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
+        from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         raise TinyGPTError(f"'{name}' is not a folder, and huggingface_hub is not installed to download it") from None
-    except Exception as e:  # offline, unknown name, ...: one line, not a traceback
+    try:
+        return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors"]))
+    except HfHubHTTPError as e:  # the hub answered: no such model, a gated one, ...
         raise TinyGPTError(
-            f"'{name}' is not a folder and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}); known names: {', '.join(HUB_NAMES)}"
+            f"'{name}' is not a folder and the Hugging Face hub has no such model ({type(e).__name__}); "
+            f"GPT-2's names there: {', '.join(HUB_NAMES)}"
+        ) from None
+    except Exception as e:  # offline, no network, a timeout: one line, not a traceback
+        raise TinyGPTError(
+            f"'{name}' is not a folder and the Hugging Face hub can't be reached ({type(e).__name__}), nor is "
+            f"'{name}' in its local cache; point at a local copy instead, a folder written by transformers' "
+            f"save_pretrained (e.g. --init_from=path/to/{name})"
         ) from None
 
 
