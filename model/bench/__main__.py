@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "gpu": "model.bench.gpu",  # one GPU: GPU tests, GPT-2 124M training and decoding against transformers
     "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte
     "serve": "model.bench.serve",  # the server: one stream vs sample.py, 8 streams, time to first token, load test
+    "load": "model.bench.load",  # quick-start training and GPT-2 decoding beside busy processes, both thread settings
 }
 
 

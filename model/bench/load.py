@@ -1,0 +1,198 @@
+"""Speed on a busy CPU: OpenMP's default thread settings against this project's (model/threads.py).
+
+    python -m model.bench load [--busy=N] [--max_iters=N] [--new_tokens=128] [--repeats=1] [--model=gpt2]
+
+Measures the README's quick-start training (configs/shakespeare_char_cpu.toml, --max_iters shortens
+it) and greedy decoding of one sample of GPT-2 124M (random weights, no download; the C row-dot
+kernels, as sample.py uses them), each in a fresh process, under two settings:
+  - default: OpenMP's own defaults (TINYGPT_THREAD_DEFAULTS=0), what every run used before;
+  - chosen:  what the programs now set at start-up (model/threads.py WAIT_DEFAULTS);
+first on the machine as it is ("idle"), then beside --busy processes that spin in pure Python
+(default: one per core), like a browser and a build on a laptop. The two settings alternate, so a
+change in background load hits both alike; every number is the best of --repeats. Training reports
+its training time (the trainer's own clock) and the full-validation loss, which must not depend on
+the setting; decoding reports tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from model.cli import OneLineArgumentParser, guarded
+from model.errors import TinyGPTError
+from model.threads import SWITCH, USER_WAIT_SETTINGS, WAIT_DEFAULTS
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+QUICK_START = ROOT / "configs" / "shakespeare_char_cpu.toml"
+SETTINGS = {
+    "default": {SWITCH: "0"},  # OpenMP's defaults: idle threads spin
+    "chosen": {},  # the entry points' own choice (model/threads.py)
+}
+SHAPES = {
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257},  # GPT-2 124M
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 65},  # for the test
+}
+BUSY_LOOP = "while True: pass"
+"""What each busy process runs: one core's worth of pure-Python work that never waits."""
+
+
+def child_env(setting: str) -> dict[str, str]:
+    """The environment of a measured process: this one's, without any wait setting of the user's
+    (the comparison is between the two settings alone), plus the setting's variables."""
+    env = {k: v for k, v in os.environ.items() if k not in (*USER_WAIT_SETTINGS, SWITCH)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **SETTINGS[setting]}
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` processes spinning in pure Python for as long as the `with` lasts."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # let them get going
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def run_child(args: list[str], setting: str) -> dict:
+    """Run `python -m model.bench load --child ...` under `setting`; its last stdout line is a JSON result."""
+    command = [sys.executable, "-m", "model.bench", "load", *args]
+    result = subprocess.run(command, env=child_env(setting), capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise TinyGPTError(f"{' '.join(args[:2])} under the {setting} setting failed: "
+                           f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def train_child(max_iters: int | None, data_dir: str, out_dir: str) -> dict:
+    """Train the quick start in this process and report its training time and full-validation loss."""
+    from model.cli import train_main
+
+    flags = [f"--data_dir={data_dir}", f"--out_dir={out_dir}"] + ([f"--max_iters={max_iters}"] if max_iters else [])
+    printed = captured_stdout(lambda: train_main([str(QUICK_START), *flags]))
+    trained = re.search(r"trained \d+ iterations in ([\d.]+)s", printed)
+    loss = re.search(r"full-val loss ([\d.]+)", printed)
+    threads = re.search(r"threads: [^\n]*", printed)
+    if not (trained and loss and threads):
+        raise TinyGPTError(f"the training printed no summary: {printed[-300:]}")
+    return {"seconds": float(trained.group(1)), "full_val_loss": float(loss.group(1)), "threads": threads.group(0)}
+
+
+def captured_stdout(run) -> str:
+    """What `run()` prints to stdout (the trainer prints its summary lines there); a failure exits."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = run()
+    if status:
+        raise SystemExit(status)
+    return buffer.getvalue()
+
+
+def decode_child(shape: str, new_tokens: int) -> dict:
+    """Greedy decoding of one sample in this process, as sample.py does it; tokens/s after a warm-up."""
+    import torch
+
+    from model.config import GPTConfig
+    from model.nn.gpt import GPT
+    from model.sampling.generate import generate, prepare_for_sampling
+
+    torch.manual_seed(0)
+    model = prepare_for_sampling(GPT(GPTConfig(**SHAPES[shape])))
+    prompt = torch.randint(0, SHAPES[shape]["vocab_size"], (1, 16))
+    for _ in generate(model, prompt, 4, temperature=0.0):  # warm-up: builds the kernels, touches the weights
+        pass
+    t = time.perf_counter()
+    for _ in generate(model, prompt, new_tokens, temperature=0.0):
+        pass
+    return {"tokens_per_sec": new_tokens / (time.perf_counter() - t)}
+
+
+def measure(args, data_dir: str, out_dir: str) -> dict[str, dict[str, dict]]:
+    """{setting: {"train": best result, "decode": best result}} on the machine as it is now."""
+    best: dict[str, dict[str, dict]] = {s: {} for s in SETTINGS}
+    train_args = ["--child", "train", f"--data_dir={data_dir}", f"--out_dir={out_dir}"]
+    if args.max_iters:
+        train_args.append(f"--max_iters={args.max_iters}")
+    decode_args = ["--child", "decode", f"--model={args.model}", f"--new_tokens={args.new_tokens}"]
+    for _ in range(args.repeats):
+        for setting in SETTINGS:  # alternate: a change in background load hits both settings alike
+            trained = run_child(train_args, setting)
+            if "train" not in best[setting] or trained["seconds"] < best[setting]["train"]["seconds"]:
+                best[setting]["train"] = trained
+            decoded = run_child(decode_args, setting)
+            if "decode" not in best[setting] or decoded["tokens_per_sec"] > best[setting]["decode"]["tokens_per_sec"]:
+                best[setting]["decode"] = decoded
+    return best
+
+
+def table(results: dict[str, dict[str, dict[str, dict]]]) -> str:
+    """default vs chosen side by side, per machine state; speed-up > 1 means the chosen setting is faster."""
+    header = f"{'':<22}" + "".join(f"{state:>12}{'':>10}{'':>10}" for state in results)
+    columns = f"{'':<22}" + "".join(f"{'default':>12}{'chosen':>10}{'speed-up':>10}" for _ in results)
+    rows = {"training (s)": [], "decoding (tokens/s)": [], "full-val loss": []}
+    for measured in results.values():
+        d, c = measured["default"], measured["chosen"]
+        rows["training (s)"].append(f"{d['train']['seconds']:>12.1f}{c['train']['seconds']:>10.1f}"
+                                    f"{d['train']['seconds'] / c['train']['seconds']:>9.2f}x")
+        rows["decoding (tokens/s)"].append(f"{d['decode']['tokens_per_sec']:>12.1f}{c['decode']['tokens_per_sec']:>10.1f}"
+                                           f"{c['decode']['tokens_per_sec'] / d['decode']['tokens_per_sec']:>9.2f}x")
+        rows["full-val loss"].append(f"{d['train']['full_val_loss']:>12.4f}{c['train']['full_val_loss']:>10.4f}{'':>10}")
+    return "\n".join([header, columns] + [f"{name:<22}" + "".join(cells) for name, cells in rows.items()])
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(prog="python -m model.bench load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--busy", type=int, default=os.cpu_count() or 1,
+                        help="busy processes beside the measured one (default: one per core)")
+    parser.add_argument("--max_iters", type=int, default=None, help="shorten the quick-start training")
+    parser.add_argument("--new_tokens", type=int, default=128, help="tokens decoded per measurement")
+    parser.add_argument("--model", default="gpt2", choices=list(SHAPES), help="the decoded model's shape")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per setting and state; the best counts")
+    parser.add_argument("--child", choices=["train", "decode"], default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
+    parser.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
+    parser.add_argument("--out_dir", default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
+    args = parser.parse_args(argv)
+    if args.child == "train":
+        print(json.dumps(train_child(args.max_iters, args.data_dir, args.out_dir)))
+        return 0
+    if args.child == "decode":
+        print(json.dumps(decode_child(args.model, args.new_tokens)))
+        return 0
+    if args.busy < 0 or args.repeats < 1 or args.new_tokens < 1 or (args.max_iters is not None and args.max_iters < 1):
+        raise TinyGPTError("--busy must be >= 0, and --repeats, --new_tokens and --max_iters >= 1")
+
+    from model.data.dataset import prepare
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="tinygpt-bench-load-") as tmp:
+        prepare("shakespeare_char", Path(tmp) / "data", quiet=True)  # once, not in any measured run
+        results = {"idle": measure(args, str(Path(tmp) / "data"), str(Path(tmp) / "out"))}
+        with busy_processes(args.busy):
+            results[f"{args.busy} busy"] = measure(args, str(Path(tmp) / "data"), str(Path(tmp) / "out"))
+    chosen = " ".join(f"{k}={v}" for k, v in WAIT_DEFAULTS.items())
+    iters = f"--max_iters={args.max_iters}" if args.max_iters else "as configured"
+    print(f"{os.cpu_count()} CPUs, load average at the start {load_before:.2f}; "
+          f"default: OpenMP's own ({SWITCH}=0), chosen: {chosen}; best of {args.repeats}")
+    print(f"training: {QUICK_START.relative_to(ROOT)} {iters}, seconds of training; decoding: {args.model} shape, "
+          f"random weights, 1 sample, {args.new_tokens} new tokens, greedy")
+    print(f"{results['idle']['chosen']['train']['threads']}")
+    print(table(results))
+    return 0
+
+
