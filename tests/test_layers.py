@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "model"
 
 LAYERS = [
-    ("base", ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
+    ("base", ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress",
+              "model.threads"]),
     ("kernels", ["model.kernels"]),
     ("nn", ["model.nn"]),
     ("data", ["model.data", "model.checkpoint", "model.huggingface"]),
