@@ -337,11 +337,11 @@ def _type_name(hint: Any) -> str:
     return "None" if hint is type(None) else hint.__name__
 
 
-def did_you_mean(word: str, choices: typing.Iterable[str], shown: typing.Callable[[str], str] = str) -> str:
-    """' (did you mean X?)' for the choice closest to a mistyped word, or '' when none is close;
-    `shown` writes the suggestion as the user would type it. Every program's flags use this one rule."""
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the choice closest to a mistyped word, or '' when none is close: the one
+    rule for config keys and for every program's flags."""
     close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{shown(close[0])}'?)" if close else ""
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def one_dash_hint(arg: str) -> str | None:
@@ -353,7 +353,7 @@ def one_dash_hint(arg: str) -> str | None:
 
 def _unknown_key(key: str) -> ConfigError:
     names = list(valid_keys())
-    hint = did_you_mean(key, names, lambda name: f"--{name}")
+    hint = did_you_mean(key, names)
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(names)}")
 
 

@@ -34,7 +34,7 @@ def exit_status(main, argv: list[str]) -> int:
     (sample_main, ["--num_smaples", "3"], "'--num_samples'"),
     (runs_main, ["compare", "a", "--metrc=val_bpb"], "'--metric'"),
     (visualize_main, ["--haed=1"], "'--head'"),
-    (train_main, ["--max_iter=5"], "'--max_iters'"),
+    (train_main, ["--max_iter=5"], "'max_iters'"),  # a config key: the same name in a file
 ])
 def test_a_mistyped_flag_gets_a_did_you_mean(capsys, main, argv, suggestion):
     assert exit_status(main, argv) != 0
