@@ -39,6 +39,7 @@ SETTINGS = {
     "default": {SWITCH: "0"},  # OpenMP's defaults: idle threads spin
     "chosen": {},  # the entry points' own choice (model/threads.py)
 }
+"""The settings every run compares; --also adds others (e.g. GOMP_SPINCOUNT=10000, OMP_NUM_THREADS=1)."""
 SHAPES = {
     "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257},  # GPT-2 124M
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 65},  # for the test
@@ -47,12 +48,20 @@ BUSY_LOOP = "while True: pass"
 """What each busy process runs: one core's worth of pure-Python work that never waits."""
 
 
-def child_env(setting: str) -> dict[str, str]:
-    """The environment of a measured process: this one's, without any wait setting of the user's
-    (the comparison is between the two settings alone), plus the setting's variables."""
-    env = {k: v for k, v in os.environ.items() if k not in (*USER_WAIT_SETTINGS, SWITCH)}
+def child_env(setting: dict[str, str]) -> dict[str, str]:
+    """The environment of a measured process: this one's, without any thread setting of the user's
+    (the comparison is between the settings alone), plus the setting's variables."""
+    env = {k: v for k, v in os.environ.items() if k not in (*USER_WAIT_SETTINGS, SWITCH, "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return {**env, **SETTINGS[setting]}
+    return {**env, **setting}
+
+
+def parse_setting(text: str) -> dict[str, str]:
+    """--also's NAME=VALUE[,NAME=VALUE...] as environment variables."""
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    if not all(len(pair) == 2 and pair[0] for pair in pairs):
+        raise TinyGPTError(f"--also takes NAME=VALUE[,NAME=VALUE...] (environment variables), got '{text}'")
+    return dict(pairs)
 
 
 @contextlib.contextmanager
@@ -69,12 +78,12 @@ def busy_processes(count: int) -> Iterator[None]:
             proc.wait()
 
 
-def run_child(args: list[str], setting: str) -> dict:
+def run_child(args: list[str], name: str, setting: dict[str, str]) -> dict:
     """Run `python -m model.bench load --child ...` under `setting`; its last stdout line is a JSON result."""
     command = [sys.executable, "-m", "model.bench", "load", *args]
     result = subprocess.run(command, env=child_env(setting), capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
-        raise TinyGPTError(f"{' '.join(args[:2])} under the {setting} setting failed: "
+        raise TinyGPTError(f"{' '.join(args[:2])} under the {name} setting failed: "
                            f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -122,37 +131,38 @@ def decode_child(shape: str, new_tokens: int) -> dict:
     return {"tokens_per_sec": new_tokens / (time.perf_counter() - t)}
 
 
-def measure(args, data_dir: str, out_dir: str) -> dict[str, dict[str, dict]]:
+def measure(args, settings: dict[str, dict[str, str]], data_dir: str, out_dir: str) -> dict[str, dict[str, dict]]:
     """{setting: {"train": best result, "decode": best result}} on the machine as it is now."""
-    best: dict[str, dict[str, dict]] = {s: {} for s in SETTINGS}
+    best: dict[str, dict[str, dict]] = {s: {} for s in settings}
     train_args = ["--child", "train", f"--data_dir={data_dir}", f"--out_dir={out_dir}"]
     if args.max_iters:
         train_args.append(f"--max_iters={args.max_iters}")
     decode_args = ["--child", "decode", f"--model={args.model}", f"--new_tokens={args.new_tokens}"]
     for _ in range(args.repeats):
-        for setting in SETTINGS:  # alternate: a change in background load hits both settings alike
-            trained = run_child(train_args, setting)
+        for setting, env in settings.items():  # alternate: a change in background load hits all alike
+            trained = run_child(train_args, setting, env)
             if "train" not in best[setting] or trained["seconds"] < best[setting]["train"]["seconds"]:
                 best[setting]["train"] = trained
-            decoded = run_child(decode_args, setting)
+            decoded = run_child(decode_args, setting, env)
             if "decode" not in best[setting] or decoded["tokens_per_sec"] > best[setting]["decode"]["tokens_per_sec"]:
                 best[setting]["decode"] = decoded
     return best
 
 
 def table(results: dict[str, dict[str, dict[str, dict]]]) -> str:
-    """default vs chosen side by side, per machine state; speed-up > 1 means the chosen setting is faster."""
-    header = f"{'':<22}" + "".join(f"{state:>12}{'':>10}{'':>10}" for state in results)
-    columns = f"{'':<22}" + "".join(f"{'default':>12}{'chosen':>10}{'speed-up':>10}" for _ in results)
-    rows = {"training (s)": [], "decoding (tokens/s)": [], "full-val loss": []}
-    for measured in results.values():
-        d, c = measured["default"], measured["chosen"]
-        rows["training (s)"].append(f"{d['train']['seconds']:>12.1f}{c['train']['seconds']:>10.1f}"
-                                    f"{d['train']['seconds'] / c['train']['seconds']:>9.2f}x")
-        rows["decoding (tokens/s)"].append(f"{d['decode']['tokens_per_sec']:>12.1f}{c['decode']['tokens_per_sec']:>10.1f}"
-                                           f"{c['decode']['tokens_per_sec'] / d['decode']['tokens_per_sec']:>9.2f}x")
-        rows["full-val loss"].append(f"{d['train']['full_val_loss']:>12.4f}{c['train']['full_val_loss']:>10.4f}{'':>10}")
-    return "\n".join([header, columns] + [f"{name:<22}" + "".join(cells) for name, cells in rows.items()])
+    """One row per machine state and setting; speed-up is over the default setting in the same state
+    (above 1: faster)."""
+    width = max(len(setting) for measured in results.values() for setting in measured) + 2
+    lines = [f"{'state':<10}{'setting':<{width}}{'training (s)':>14}{'speed-up':>10}{'decoding (tok/s)':>18}"
+             f"{'speed-up':>10}{'full-val loss':>15}"]
+    for state, measured in results.items():
+        default = measured["default"]
+        for setting, best in measured.items():
+            seconds, tps = best["train"]["seconds"], best["decode"]["tokens_per_sec"]
+            lines.append(f"{state:<10}{setting:<{width}}{seconds:>14.1f}{default['train']['seconds'] / seconds:>9.2f}x"
+                         f"{tps:>18.1f}{tps / default['decode']['tokens_per_sec']:>9.2f}x"
+                         f"{best['train']['full_val_loss']:>15.4f}")
+    return "\n".join(lines)
 
 
 @guarded
@@ -164,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new_tokens", type=int, default=128, help="tokens decoded per measurement")
     parser.add_argument("--model", default="gpt2", choices=list(SHAPES), help="the decoded model's shape")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per setting and state; the best counts")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=VALUE[,...]",
+                        help="another setting to compare, as environment variables (repeatable); the programs "
+                        f"add their wait policy unless it sets one (or {SWITCH}=0)")
     parser.add_argument("--child", choices=["train", "decode"], default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
     parser.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
     parser.add_argument("--out_dir", default=None, help=argparse.SUPPRESS)  # the benchmark's own processes
@@ -179,19 +192,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.data.dataset import prepare
 
+    chosen = " ".join(f"{k}={v}" for k, v in WAIT_DEFAULTS.items())
+    settings = {"default": SETTINGS["default"], f"chosen ({chosen})": SETTINGS["chosen"]}
+    settings.update({text: parse_setting(text) for text in args.also})
+
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tinygpt-bench-load-") as tmp:
         prepare("shakespeare_char", Path(tmp) / "data", quiet=True)  # once, not in any measured run
-        results = {"idle": measure(args, str(Path(tmp) / "data"), str(Path(tmp) / "out"))}
+        data_dir, out_dir = str(Path(tmp) / "data"), str(Path(tmp) / "out")
+        results = {"idle": measure(args, settings, data_dir, out_dir)}
         with busy_processes(args.busy):
-            results[f"{args.busy} busy"] = measure(args, str(Path(tmp) / "data"), str(Path(tmp) / "out"))
-    chosen = " ".join(f"{k}={v}" for k, v in WAIT_DEFAULTS.items())
+            results[f"{args.busy} busy"] = measure(args, settings, data_dir, out_dir)
     iters = f"--max_iters={args.max_iters}" if args.max_iters else "as configured"
     print(f"{os.cpu_count()} CPUs, load average at the start {load_before:.2f}; "
-          f"default: OpenMP's own ({SWITCH}=0), chosen: {chosen}; best of {args.repeats}")
+          f"default: OpenMP's own ({SWITCH}=0), chosen: the programs' own; best of {args.repeats}")
     print(f"training: {QUICK_START.relative_to(ROOT)} {iters}, seconds of training; decoding: {args.model} shape, "
           f"random weights, 1 sample, {args.new_tokens} new tokens, greedy")
-    print(f"{results['idle']['chosen']['train']['threads']}")
+    for setting in settings:
+        print(f"{setting}: {results['idle'][setting]['train']['threads']}")
     print(table(results))
     return 0
 
