@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.config import DTYPES, check_seed, parse_bool
+from model.config import DTYPES, check_seed, did_you_mean, one_dash_hint, parse_bool
 from model.errors import ConfigError, Interrupted, TinyGPTError
+from model.threads import configure_threads, describe_threads
 
 if TYPE_CHECKING:
     from model.sources import ModelSource
@@ -28,6 +29,7 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
+        configure_threads()  # before anything imports torch: libgomp reads its settings once, when loaded
         try:
             return main(argv) or 0
         except TinyGPTError as e:
@@ -36,8 +38,8 @@ def guarded(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
         except Interrupted as e:
             print(e, file=sys.stderr)
             return e.exit_code
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:  # its message, if any, says what was left behind (training/signals.py)
+            print(str(e) or "interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:  # e.g. `python sample.py | head`
             return 0
@@ -52,11 +54,36 @@ def one_line(message: str) -> str:
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake prints a single line instead of usage + message."""
+    """argparse, but a usage mistake prints a single line instead of usage + message, and a mistyped
+    flag gets a did-you-mean (model.config.did_you_mean, the rule train.py's keys use too)."""
 
     def error(self, message: str):
         print(f"error: {one_line(message)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized(extras[0]))
+        return namespace
+
+    def option_names(self) -> list[str]:
+        """Every --flag this parser and its subcommands' parsers take."""
+        names = []
+        for action in self._actions:
+            names += [o for o in action.option_strings if o.startswith("--")]
+            subcommands = action.choices if isinstance(action.choices, dict) else {}  # add_subparsers' parsers
+            names += [o for sub in subcommands.values() if isinstance(sub, OneLineArgumentParser)
+                      for o in sub.option_names()]
+        return names
+
+    def unrecognized(self, arg: str) -> str:
+        """The one-line message for an argument no option takes: a flag with one dash, or the closest flag."""
+        flag = arg.split("=", 1)[0]
+        if one_dash_hint(arg) and f"-{flag}" in self.option_names():
+            return one_dash_hint(arg)
+        hint = did_you_mean(flag, self.option_names()) if flag.startswith("-") else ""
+        return f"unrecognized argument '{arg}'{hint}"
 
 
 TRAIN_USAGE = """usage: python train.py [CONFIG.toml] [--key=value ...] [--quiet]
@@ -183,6 +210,8 @@ def sample_main(argv: list[str] | None = None) -> int:
 
     model, tok, device, dtype = load_for_inference(source, args)
     prepare_for_sampling(model, dtype, c_decode=args.c_decode)
+    if not args.quiet and sys.stderr.isatty():  # like the progress bar: on a terminal only, not in a log
+        print(describe_threads(c_kernels_on(device, args.c_decode)), file=sys.stderr)
     prompt = read_prompt(args.start) if args.start is not None else default_prompt(tok)
     ids = tok.encode(prompt)
     if not ids:
@@ -209,6 +238,15 @@ def sample_main(argv: list[str] | None = None) -> int:
         sys.stdout.write("".join(text + separator for text in texts))
     sys.stdout.flush()
     return 0
+
+
+def c_kernels_on(device: str, wanted: bool) -> bool | None:
+    """Whether the C kernels run for a sampler or server on `device` (None: not a CPU, they don't apply)."""
+    if device != "cpu":
+        return None
+    from model.kernels import build
+
+    return wanted and build.library() is not None
 
 
 def default_prompt(tok) -> str:
@@ -348,16 +386,18 @@ def runs_main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     cmp = commands.add_parser("compare", help="table of runs and one plot of their val-loss curves")
     cmp.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="training run folders")
-    cmp.add_argument("--plot", default="compare.png",
-                     help="the picture of val-loss curves to write, in the format its suffix names (.png, .pdf, .svg, ...)")
+    cmp.add_argument("--plot", default=None,
+                     help="the picture of val-loss curves to write, in the format its suffix names (.png, .pdf, .svg, ...; "
+                          f"default: FIRST_OUT_DIR/{COMPARE_PNG})")
     cmp.add_argument("--metric", default="val_loss", choices=list(VAL_CURVES),
                      help="what the plot draws: val loss per token, or val bits per byte (compares tokenizers)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from model.training.plots import figure_format
 
-    figure_format(args.plot)  # a suffix no format has is refused before any run is read
-    print(compare(args.out_dirs, args.plot, args.metric))
-    print(f"wrote {args.plot}")
+    plot = args.plot or Path(args.out_dirs[0]) / COMPARE_PNG
+    figure_format(plot)  # a suffix no format has is refused before any run is read
+    print(compare(args.out_dirs, plot, args.metric))
+    print(f"wrote {plot}")
     return 0
 
 
@@ -387,6 +427,23 @@ def hf_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+COMPARE_PNG = "compare.png"
+"""What `model.runs compare` writes into the first run's folder unless --plot names a file."""
+ATTENTION_PNG = "attention.png"
+"""What `model.visualize` writes into the run's folder unless --out names a file."""
+
+
+def pictures_folder(source: ModelSource) -> Path:
+    """Where pictures of a model go by default: its run's (or Hugging Face) folder, a checkpoint
+    file's folder, or the current folder for a hub name."""
+    from model.sources import CHECKPOINT, HUB
+
+    if source.kind == HUB:
+        return Path(".")
+    path = Path(source.location)
+    return path.parent if source.kind == CHECKPOINT else path
+
+
 def _pick(value: int | None, count: int, name: str) -> list[int]:
     if value is None:
         return list(range(count))
@@ -405,8 +462,9 @@ def visualize_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="ROMEO:\nBut soft, what light", help="prompt text, or FILE:path")
     parser.add_argument("--layer", type=int, default=None, help="only this layer (0-based); default all")
     parser.add_argument("--head", type=int, default=None, help="only this head (0-based); default all")
-    parser.add_argument("--out", default="attention.png",
-                        help="the picture to write, in the format its suffix names (.png, .pdf, .svg, ...)")
+    parser.add_argument("--out", default=None,
+                        help="the picture to write, in the format its suffix names (.png, .pdf, .svg, ...; "
+                             f"default: the run folder's {ATTENTION_PNG})")
     parser.add_argument("--save", default=None, help="also write the raw weights to this .npy or .json file")
     add_inference_flags(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -414,8 +472,9 @@ def visualize_main(argv: list[str] | None = None) -> int:
         raise TinyGPTError(f"--save must end in .npy or .json, got '{args.save}'")
     from model.training.plots import figure_format
 
-    figure_format(args.out)  # refused before the model is loaded
     source = named_model(args)
+    out = args.out or pictures_folder(source) / ATTENTION_PNG
+    figure_format(out)  # refused before the model is loaded
 
     from model.tools.visualize import attention_weights, plot_attention, save_weights, token_labels
 
@@ -433,7 +492,7 @@ def visualize_main(argv: list[str] | None = None) -> int:
     heads = _pick(args.head, model.config.n_head, "head")
     weights = attention_weights(model, ids, layers, heads)
     labels = token_labels(tokenizer, ids)
-    png = plot_attention(weights, labels, layers, heads, args.out, title=f"attention over {len(ids)} tokens")
+    png = plot_attention(weights, labels, layers, heads, out, title=f"attention over {len(ids)} tokens")
     print(f"wrote {png} ({len(layers)} layer(s) x {len(heads)} head(s), {len(ids)} tokens)")
     if args.save is not None:
         print(f"wrote {save_weights(args.save, weights, labels, layers, heads)} (layers, heads, query, key)")
@@ -593,6 +652,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     app = create_app(served, limits, api_key, allowed_hosts)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {', '.join(m.id for m in served)} at {where} (API: {where}v1; Ctrl-C stops)", file=sys.stderr)
+    print(describe_threads(c_kernels_on(device, args.c_decode)), file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach it can use it", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=not args.quiet,

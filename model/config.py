@@ -106,8 +106,9 @@ class TrainConfig:
     """Estimate train/val loss (and save checkpoints) every this many iterations."""
     log_interval: int = 10
     """Print the training loss every this many iterations."""
-    eval_iters: int = 200
-    """Random batches per split used to estimate the loss at each evaluation."""
+    eval_iters: int | None = None
+    """Random batches per split used to estimate the loss at each evaluation; None scales it with the run
+    so that all evaluations together cost about EVAL_BUDGET of the training steps (at most 200, nanoGPT's)."""
     eval_only: bool = False
     """Evaluate once (estimate and full validation) and exit without training."""
     always_save_checkpoint: bool = True
@@ -164,7 +165,8 @@ class TrainConfig:
     warmup_iters: int = 100
     """Iterations of linear warmup."""
     lr_decay_iters: int = 2000
-    """Iteration at which the cosine decay reaches min_lr (usually max_iters)."""
+    """Iteration at which the cosine decay reaches min_lr. When not set, or set equal to max_iters in the
+    same config file, it follows max_iters (also a --max_iters override); any other value is kept."""
     min_lr: float = 1e-4
     """Floor of the learning rate (about learning_rate / 10)."""
     # system
@@ -198,7 +200,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
             if getattr(self, name) < 0:
@@ -231,6 +233,19 @@ class TrainConfig:
             if not getattr(self, name).strip():
                 raise ConfigError(f"{name} must not be empty")
 
+    def evaluation_batches(self) -> int:
+        """eval_iters, or when it is None the most batches per split that keep every evaluation of the
+        run together within EVAL_BUDGET of its training compute. An evaluation runs 2 x eval_iters
+        forward passes (train and val split) of one micro-batch each, and a forward pass costs about a
+        third of a training micro-step (forward + backward); the run evaluates every eval_interval
+        iterations and once more at the end."""
+        if self.eval_iters is not None:
+            return self.eval_iters
+        evaluations = self.max_iters // self.eval_interval + 1
+        micro_steps = max(self.max_iters, 1) * self.gradient_accumulation_steps
+        fitting = int(EVAL_BUDGET * micro_steps * FORWARD_PER_STEP / (2 * evaluations))
+        return max(1, min(MAX_EVAL_ITERS, fitting))
+
     def check_schedule(self) -> None:
         """Refuse a learning-rate schedule that climbs instead of decaying. Called once the schedule is
         final (after a resumed run has taken the checkpoint's), not in __post_init__."""
@@ -247,6 +262,13 @@ class TrainConfig:
                     f"warms up, then drops straight to min_lr at iteration {self.warmup_iters}"]
         return []
 
+
+EVAL_BUDGET = 0.03
+"""The share of a run's training compute its loss estimates may take when eval_iters is not set."""
+FORWARD_PER_STEP = 3
+"""Forward passes that cost as much as one training micro-step (a forward and a backward pass)."""
+MAX_EVAL_ITERS = 200
+"""The most batches per split a derived eval_iters takes (nanoGPT's eval_iters): enough for a steady estimate."""
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
 """Seeds PyTorch's generators accept (64-bit)."""
@@ -301,13 +323,14 @@ def config_fields(cls: type[GPTConfig] | type[TrainConfig]) -> list[dataclasses.
 
 
 def describe_keys() -> str:
-    """A help text listing every config key with its default and docstring."""
+    """A help text listing every config key with its default and docstring, the docstrings in one column."""
+    flags = {cls: [(f"--{f.name}={f.default!r}", f.name) for f in config_fields(cls)] for cls in _SECTIONS}
+    width = max(len(flag) for rows in flags.values() for flag, _ in rows)
     lines = []
-    for cls in _SECTIONS:
+    for cls, rows in flags.items():
         docs = field_docs(cls)
         lines.append(f"{cls.__name__} keys:")
-        for f in config_fields(cls):
-            lines.append(f"  --{f.name}={f.default!r:<12} {docs.get(f.name, '')}")
+        lines.extend(f"  {flag:<{width}}  {docs.get(name, '')}" for flag, name in rows)
     return "\n".join(lines)
 
 
@@ -327,10 +350,23 @@ def _type_name(hint: Any) -> str:
     return "None" if hint is type(None) else hint.__name__
 
 
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the choice closest to a mistyped word, or '' when none is close: the one
+    rule for config keys and for every program's flags."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def one_dash_hint(arg: str) -> str | None:
+    """For an argument such as '-max_iters=5' (a flag with one dash), the sentence that says so."""
+    if arg.startswith("-") and not arg.startswith("--") and len(arg.split("=", 1)[0]) > 2:
+        return f"'{arg}' has one dash; flags take two: '-{arg}'"
+    return None
+
+
 def _unknown_key(key: str) -> ConfigError:
     names = list(valid_keys())
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(key, names)
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: {', '.join(names)}")
 
 
@@ -391,6 +427,8 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Turn ['--n_layer=4', '--compile=False'] into {'n_layer': '4', 'compile': 'False'}."""
     out = {}
     for arg in args:
+        if one_dash_hint(arg):
+            raise ConfigError(one_dash_hint(arg))
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"expected --key=value, got '{arg}'")
         key, value = arg[2:].split("=", 1)
@@ -405,7 +443,7 @@ def split_config_args(
     --key=value overrides, the given ones among the program's own `switches` such as --quiet)."""
     given = {a for a in args if a in switches}
     rest = [a for a in args if a not in switches]
-    path = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    path = rest.pop(0) if rest and not rest[0].startswith("-") else None
     return path, rest, given
 
 
@@ -466,8 +504,26 @@ def load_config(
         if isinstance(value, dict):
             raise ConfigError(f"config files are flat; move the keys of table [{key}] to the top level")
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    follows = schedule_follows_max_iters(values, extra)
     values.update(extra)
-    return build_configs(values)
+    model_config, train_config = build_configs(values)
+    if follows:  # not recorded as given: a resumed run still takes the checkpoint's schedule
+        train_config.lr_decay_iters = train_config.max_iters
+    return model_config, train_config
+
+
+def schedule_follows_max_iters(file_values: dict[str, Any], overrides: dict[str, Any]) -> bool:
+    """Whether lr_decay_iters was left to follow max_iters: no flag sets it, and the config file (or,
+    without one, the defaults) either doesn't set it or sets it equal to max_iters. A schedule chosen
+    separately (a flag, or a file value other than the file's max_iters) is kept."""
+    if "lr_decay_iters" in overrides:
+        return False
+    if "lr_decay_iters" not in file_values:
+        return True
+    hints = typing.get_type_hints(TrainConfig)
+    decay = coerce("lr_decay_iters", file_values["lr_decay_iters"], hints["lr_decay_iters"])
+    max_iters = coerce("max_iters", file_values.get("max_iters", TrainConfig.max_iters), hints["max_iters"])
+    return decay == max_iters
 
 
 def to_dict(model_config: GPTConfig, train_config: TrainConfig | None = None) -> dict[str, Any]:

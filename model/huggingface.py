@@ -162,8 +162,11 @@ def load_pretrained(
 def download(name: str) -> Path:
     """The local snapshot folder of hub model `name` (config.json and weights only), downloaded
     unless huggingface_hub's cache holds it."""
-    from huggingface_hub import snapshot_download  # installed with datasets
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        from huggingface_hub import snapshot_download  # installed with datasets and transformers
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise TinyGPTError(f"'{name}' is no file or folder here, and huggingface_hub is not installed to download it") from None
 
     try:
         return Path(snapshot_download(name, allow_patterns=["config.json", WEIGHTS_FILES[0]]))

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "model"
 
 LAYERS = [  # (layer, level, module prefixes): a module imports from its own layer or lower levels only
-    ("base", 0, ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress"]),
+    ("base", 0, ["model", "model.config", "model.errors", "model.files", "model.device", "model.progress",
+              "model.threads"]),
     ("nn", 1, ["model.nn"]),
     ("kernels", 1, ["model.kernels"]),
     ("data", 2, ["model.data", "model.checkpoint", "model.huggingface", "model.fused", "model.sources"]),

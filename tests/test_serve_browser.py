@@ -110,3 +110,61 @@ def test_playground_in_chromium(tmp_path):
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("TINYGPT_SERVE_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["TINYGPT_SERVE_SCREENSHOT"])
+
+
+BLANK_CANVAS = """() => {
+    const c = document.getElementById('heatmap');
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < data.length; i += 4) if (data[i + 3] !== 0 && (data[i] < 250 || data[i + 1] < 250)) return false;
+    return true;
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
+def test_playground_clears_the_map_labels_it_and_fits_a_phone(tmp_path):
+    executable = chromium()
+    app, _ = serve([make_run(tmp_path / "shakespeare", block_size=64)])
+    with LiveServer(app) as server, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 400, "height": 800}, bypass_csp=True)  # a phone
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+            # one column, nothing wider than the window
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            prompt, output = page.locator("#prompt").bounding_box(), page.locator("#output").bounding_box()
+            assert output["y"] > prompt["y"] + prompt["height"] and output["x"] + output["width"] <= 400
+
+            page.fill("#prompt", "ROMEO:\nBut soft")
+            page.fill("#max-tokens", "20")
+            page.fill("#seed", "1")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#attn-tokens .tok').length > 0", timeout=60_000)
+            assert not page.evaluate(BLANK_CANVAS)
+            assert "%" in page.inner_text("#heatmap-max") and page.locator("#heatmap-legend").is_visible()
+            # hovering over the lower-left cell names both tokens and the weight
+            box = page.locator("#heatmap").bounding_box()
+            page.locator("#heatmap").hover(position={"x": 2, "y": box["height"] - 2})  # scrolls it into view
+            hover = page.inner_text("#heatmap-hover")
+            assert hover.startswith("token ") and "→ token 0" in hover and hover.endswith("%"), hover
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+            # the text changes: the map of the old one goes
+            page.fill("#prompt", "JULIET:")
+            assert page.locator("#attn-tokens .tok").count() == 0 and page.evaluate(BLANK_CANVAS)
+
+            # a generation that is stopped leaves no map of a text it no longer matches
+            page.click("#draw-attention")
+            page.wait_for_function("document.querySelectorAll('#attn-tokens .tok').length > 0")
+            page.fill("#max-tokens", "2000")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#output .tok').length > 3", timeout=60_000)
+            page.click("#stop-button")
+            page.wait_for_function("/^stopped/.test(document.getElementById('status').textContent)", timeout=60_000)
+            assert page.locator("#attn-tokens .tok").count() == 0 and page.evaluate(BLANK_CANVAS)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from model.threads import configure_threads
+
 SUBCOMMANDS = {
     "generate": "model.bench.generate",  # sampling speed against transformers
     "train": "model.bench.train",  # training throughput, MFU and time-to-loss
@@ -12,6 +14,7 @@ SUBCOMMANDS = {
     "gpu": "model.bench.gpu",  # one GPU: GPU tests, GPT-2 124M training and decoding against transformers
     "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte
     "serve": "model.bench.serve",  # the server: one stream vs sample.py, 8 streams, time to first token, load test
+    "load": "model.bench.load",  # quick-start training and GPT-2 decoding beside busy processes, both thread settings
 }
 
 
@@ -19,6 +22,7 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
         print(f"usage: python -m model.bench {{{','.join(SUBCOMMANDS)}}} [args...]", file=sys.stderr)
         return 2
+    configure_threads()  # before the benchmark imports torch (model/threads.py)
     module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
     return module.main(sys.argv[2:]) or 0
 

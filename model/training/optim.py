@@ -45,6 +45,20 @@ def learning_rate(it: int, config: TrainConfig) -> float:
     return config.min_lr + coeff * (config.learning_rate - config.min_lr)
 
 
+def describe_schedule(config: TrainConfig) -> str:
+    """The start-up line that says how the learning rate moves over the run, and how it evaluates."""
+    if not config.decay_lr:
+        line = f"schedule: learning rate {config.learning_rate:g} throughout"
+    else:
+        decay, end = config.lr_decay_iters, config.max_iters
+        where = ("the end of the run" if decay == end else f"then {config.min_lr:g} to max_iters {end}" if decay < end
+                 else f"beyond max_iters {end}")
+        line = (f"schedule: warmup {config.warmup_iters} iterations to {config.learning_rate:g}, cosine decay to "
+                f"{config.min_lr:g} at iteration {decay}, {where}")
+    return (line + f"; evaluations every {config.eval_interval} iterations on {config.evaluation_batches()} "
+            "batches per split")
+
+
 # -- Muon --------------------------------------------------------------------------------------------
 # Muon (Keller Jordan, 2024) takes SGD-momentum's update for a weight matrix and replaces it by the
 # nearest semi-orthogonal matrix (all singular values 1), so every direction the update touches moves

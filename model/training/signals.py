@@ -5,7 +5,7 @@ would throw away everything since the last evaluation. Instead, while a `Gracefu
 first signal only raises a flag: the training loop finishes the step it is in, saves ckpt.pt and
 exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), like a shell does. A second
 signal means the user insists: it stops at once (checkpoints are written atomically, so the previous
-one is still whole).
+one is still whole), and says which checkpoint remains, from which iteration.
 
 Under torchrun a signal may reach one rank only, or reach the ranks a step apart. The ranks agree after
 every step (`agreed`, one small all-reduce), so all of them stop after the same step, take part in one
@@ -43,6 +43,7 @@ class GracefulStop:
         # evaluation early would leave the others waiting in its collectives, so `check` is for one process.
         self.single_process = single_process
         self._previous: dict[int, object] = {}
+        self.last_checkpoint: tuple[Path, int] | None = None  # the resumable checkpoint on disk, its iteration
 
     def __enter__(self) -> "GracefulStop":
         self.signum = None
@@ -60,9 +61,22 @@ class GracefulStop:
     def _handle(self, signum: int, frame) -> None:
         if self.saved:
             return  # the stop's checkpoint is written: the run is exiting anyway, with this status
-        if self.signum is not None:
-            raise KeyboardInterrupt  # second signal: stop now, without the final save
+        if self.signum is not None:  # second signal: stop now, without the final save
+            raise KeyboardInterrupt(self.forced_stop_message(signum))
         self.signum = signum
+
+    def checkpoint_written(self, path: Path, iter_num: int) -> None:
+        """Record the resumable checkpoint now on disk, for the message of a forced stop."""
+        self.last_checkpoint = (path, iter_num)
+
+    def forced_stop_message(self, signum: int) -> str:
+        """What a second signal leaves behind: the last checkpoint written (whole: writes are atomic)."""
+        name = signal.Signals(signum).name
+        if self.last_checkpoint is None:
+            return f"second {name}: stopped at once, before this run wrote a checkpoint"
+        path, iter_num = self.last_checkpoint
+        return (f"second {name}: stopped at once without saving; {path} remains, from iteration {iter_num} "
+                f"(continue with --init_from=resume)")
 
     @property
     def requested(self) -> bool:

@@ -29,7 +29,8 @@ from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from model.nn.gpt import GPT
 from model.training.logger import RunLogger, sample_text
 from model.training.mfu import MFUMeter
-from model.training.optim import learning_rate, make_optimizer
+from model.threads import describe_threads
+from model.training.optim import describe_schedule, learning_rate, make_optimizer
 from model.nn.report import GROUPS, Report
 from model.training.distributed import torchrun_env
 from model.training.lock import OutDirLock
@@ -268,7 +269,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         c = self.config
         return estimate_loss(
-            self.step_model, self.dataset, c.batch_size, self.model_config.block_size, c.eval_iters,
+            self.step_model, self.dataset, c.batch_size, self.model_config.block_size, c.evaluation_batches(),
             self.ctx, self.device, c.seed, quiet=self.quiet, check_stop=self.stop.check,
         )
 
@@ -299,6 +300,8 @@ class Trainer:
             wandb_run_id=self.wandb_run_id,
         )
         checkpoint.save_checkpoint(self.out_dir / name, state)
+        if name == checkpoint.LATEST:
+            self.stop.checkpoint_written(self.out_dir / name, self.iter_num)
 
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns (loss, grad norm)
@@ -389,6 +392,8 @@ class Trainer:
             self.echo(f"vocabulary: {self.dataset.vocab_size:,} tokens in {self.model_config.vocab_size:,} rows "
                       f"(the rest pad the embedding to a multiple of {VOCAB_MULTIPLE}; never sampled)")
         self.echo(report.summary())
+        self.echo(describe_threads(kernels.library() is not None if self.device == "cpu" else None))
+        self.echo(describe_schedule(c))
         per_group = {f"params_{group}": report.group_total(group) for group in GROUPS}
         self.logger.summary({"params": report.total, "params_non_embedding": report.non_embedding,
                              **per_group, "flops_per_token": self.mfu.flops_per_token, "peak_flops": self.mfu.peak_flops})
@@ -452,5 +457,7 @@ def train(model_config: GPTConfig, config: TrainConfig, quiet: bool = False) -> 
     owns_out_dir = env is None or env[0] == 0
     with OutDirLock(_make_out_dir(config.out_dir)) if owns_out_dir else contextlib.nullcontext():
         trainer = Trainer(model_config, config, quiet)
+        if config.init_from == "resume":  # the checkpoint it resumed from stays until the next save
+            trainer.stop.checkpoint_written(trainer.out_dir / checkpoint.LATEST, trainer.iter_num)
         with trainer.stop, trainer.dist.naming_dead_ranks():
             return trainer.run()
