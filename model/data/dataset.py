@@ -127,17 +127,19 @@ def prepare(
     tokenizer: str | None = None,
     quiet: bool = False,
     vocab_size: int | None = None,
+    synthetic: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta.
     tokenizer='bpe' learns a byte-level BPE of vocab_size tokens from the training split (only), saved
-    as tokenizer.json beside meta.json."""
+    as tokenizer.json beside meta.json. synthetic names a generated corpus (model/data/synthetic.py)
+    to use instead of a text file."""
     folder = Path(data_dir) / dataset
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     make_folder(folder, "dataset folder")
     try:
-        return _prepare_into(folder, dataset, kind, input_path, url, quiet, vocab_size)
+        return _prepare_into(folder, dataset, kind, input_path, url, quiet, vocab_size, synthetic)
     except BaseException:
         if created is not None:  # a failed prepare leaves no folder behind that it made
             shutil.rmtree(created, ignore_errors=True)
@@ -145,9 +147,14 @@ def prepare(
 
 
 def _prepare_into(folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
-                  quiet: bool, vocab_size: int | None) -> dict[str, Any]:
-    path = resolve_input(dataset, input_path, url, folder)
-    text = read_corpus(path)
+                  quiet: bool, vocab_size: int | None, synthetic: str | None = None) -> dict[str, Any]:
+    if synthetic is not None:
+        from model.data.synthetic import synthetic_text
+
+        text, path = synthetic_text(synthetic), f"synthetic:{synthetic}"
+    else:
+        path = resolve_input(dataset, input_path, url, folder)
+        text = read_corpus(path)
     n = int(len(text) * TRAIN_FRACTION)
     # a character vocabulary must cover the validation split's characters too; a byte-level BPE
     # encodes anything, so it learns from the training split alone and validation stays unseen
