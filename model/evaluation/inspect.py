@@ -104,6 +104,7 @@ def hooked(hooks: list[tuple[torch.nn.Module, str, Callable]]) -> Iterator[None]
             handle.remove()
 
 
+@torch.no_grad()
 def residual_stream(model: GPT, idx: Tensor) -> tuple[list[Tensor], Tensor]:
     """The residual stream of idx (B, T) after the embeddings and after each block, n_layer + 1 x
     (B, T, C), and the model's own logits (B, T, vocab) from the same forward pass."""
@@ -111,7 +112,7 @@ def residual_stream(model: GPT, idx: Tensor) -> tuple[list[Tensor], Tensor]:
     stream: list[Tensor] = []
     hooks = [(blocks[0], "forward_pre", lambda module, args: stream.append(args[0]))]
     hooks += [(block, "forward", lambda module, args, output: stream.append(output)) for block in blocks]
-    with torch.no_grad(), hooked(hooks):
+    with hooked(hooks):
         logits, _ = model(idx)
     return stream, logits
 
@@ -121,6 +122,7 @@ def unembed(model: GPT, x: Tensor) -> Tensor:
     return model.lm_head(model.transformer.ln_f(x))
 
 
+@torch.no_grad()
 def queries_keys_values(model: GPT, layer: int, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """For one layer: q, k, v (B, nh, T, hs) as its attention compares and mixes them (after
     QK-norm and rotary positions, as in MultiHeadAttention.forward), the attention block's input
@@ -131,7 +133,7 @@ def queries_keys_values(model: GPT, layer: int, idx: Tensor) -> tuple[Tensor, Te
     def keep(module, args, output):
         seen["input"], seen["output"] = args[0], output
 
-    with torch.no_grad(), hooked([(attn, "forward", keep)]):
+    with hooked([(attn, "forward", keep)]):
         model.attention_patterns(idx)
         x = seen["input"]
         q, k, v = attn.project_qkv(x)  # (B, nh, T, hs)
@@ -150,6 +152,7 @@ def head_slice(model: GPT, head: int) -> slice:
 
 # -- 1. attention step by step ------------------------------------------------------------------
 
+@torch.no_grad()
 def attention_step(model: GPT, tok, ids: list[int], layer: int, head: int, position: int = -1) -> dict:
     """One head's attention for one query position, every step spelled out for every key: the dot
     product q.k ("scores"), scaled by 1/sqrt(head size) ("scaled"), the causal mask ("mask": True where
@@ -183,6 +186,7 @@ def attention_step(model: GPT, tok, ids: list[int], layer: int, head: int, posit
 
 # -- 2. logit lens ------------------------------------------------------------------------------
 
+@torch.no_grad()
 def logit_lens(model: GPT, tok, ids: list[int], top_k: int = 5) -> dict:
     """What the model would predict after the embeddings and after each block: the final norm and the
     LM head applied to the residual stream there. Per layer, the top_k next tokens at every position
@@ -194,31 +198,30 @@ def logit_lens(model: GPT, tok, ids: list[int], top_k: int = 5) -> dict:
     stream, logits = residual_stream(model, as_batch(model, ids))
     final = logits[0].argmax(dim=-1)  # (T,): the model's own prediction at each position
     layers = []
-    with torch.no_grad():
-        for depth, x in enumerate(stream):
-            probs = unembed(model, x)[0].float().softmax(dim=-1)  # (T, vocab)
-            p, top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (T, k)
-            layers.append({
-                "layer": "embeddings" if depth == 0 else depth - 1,
-                "top": [[{"token": token_text(tok, t), "p": pt} for t, pt in zip(row_t, row_p)]
-                        for row_t, row_p in zip(top.tolist(), p.tolist())],
-                "p_final": probs.gather(-1, final[:, None])[:, 0].tolist(),
-            })
+    for depth, x in enumerate(stream):
+        probs = unembed(model, x)[0].float().softmax(dim=-1)  # (T, vocab)
+        p, top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (T, k)
+        layers.append({
+            "layer": "embeddings" if depth == 0 else depth - 1,
+            "top": [[{"token": token_text(tok, t), "p": pt} for t, pt in zip(row_t, row_p)]
+                    for row_t, row_p in zip(top.tolist(), p.tolist())],
+            "p_final": probs.gather(-1, final[:, None])[:, 0].tolist(),
+        })
     return {"tokens": texts(tok, ids), "token_ids": list(ids), "predicted": texts(tok, final), "layers": layers}
 
 
 # -- 3. head scores -----------------------------------------------------------------------------
 
 def induction_probe(model: GPT, tok, half: int = PROBE_TOKENS, seed: int = PROBE_SEED) -> tuple[list[int], int]:
-    """A sequence of `half` random tokens followed by the same tokens again (after an end-of-text token
-    when the vocabulary has one), and the position where the repeat starts. Neither special tokens
-    nor a newline (which starts a new document in many corpora) are drawn."""
+    """A sequence of `half` distinct random tokens followed by the same tokens again (after an
+    end-of-text token when the vocabulary has one), and the position where the repeat starts. Neither
+    special tokens nor a newline (which starts a new document in many corpora) are drawn; `half` is
+    cut to what the context and the vocabulary hold."""
     start = [tok.eot_token] if tok.eot_token is not None else []
-    half = max(2, min(half, (model.config.block_size - len(start)) // 2))
     generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    drawn = torch.randint(vocab, (4 * half,), generator=generator).tolist()
-    pool = [t for t in drawn if t != tok.eot_token and token_text(tok, t) != "\n"]
+    order = torch.randperm(model.config.vocab_size, generator=generator).tolist()
+    pool = [t for t in order[:4 * half] if t != tok.eot_token and token_text(tok, t) != "\n"]
+    half = max(1, min(half, (model.config.block_size - len(start)) // 2, len(pool)))
     random_tokens = pool[:half]
     return start + random_tokens + random_tokens, len(start) + half
 
@@ -246,6 +249,7 @@ def induction_scores(pattern: Tensor, repeat_start: int) -> Tensor:
     return pattern[:, queries, queries - half + 1].mean(-1)
 
 
+@torch.no_grad()
 def head_scores(model: GPT, tok, ids: list[int], sort: str = "induction") -> dict:
     """Every head's attention pattern over the text ("patterns", (n_layer, n_head, T, T)) and, per
     head, the standard scores: previous-token, first-token (attention sink), self and mean attention
@@ -337,6 +341,7 @@ def head_means(head_input: Tensor, y: Tensor) -> Tensor:
     return head_input.flatten(0, 1)[counted].mean(dim=0)
 
 
+@torch.no_grad()
 def losses_with_heads_replaced(model: GPT, stream: Tensor, y: Tensor, layer: int, heads: list[int | None],
                                means: Tensor | None = None) -> list[float]:
     """Summed losses of the windows whose residual stream entering `layer` is `stream` (N, T, C),
@@ -356,7 +361,7 @@ def losses_with_heads_replaced(model: GPT, stream: Tensor, y: Tensor, layer: int
                     out[rows, :, channels] = 0.0 if means is None else means[channels]
             return (out, *args[1:])
 
-        with torch.no_grad(), hooked([(model.transformer.h[layer].attn.c_proj, "forward_pre", replace)]):
+        with hooked([(model.transformer.h[layer].attn.c_proj, "forward_pre", replace)]):
             final = run_blocks(model, stream.repeat(len(group), 1, 1), layer)  # (len(group) * N, T, C)
         for copy in range(len(group)):
             rows = final[copy * N:(copy + 1) * N]
@@ -375,6 +380,7 @@ def single_token(tok, text: str) -> int:
     return ids[0]
 
 
+@torch.no_grad()
 def nearest_tokens(model: GPT, tok, token: int, k: int = 10) -> dict:
     """The k tokens whose embeddings (rows of the token embedding) are nearest to `token`'s, by cosine
     similarity (the angle only) and by dot product (the angle and the lengths), itself left out."""
@@ -392,6 +398,7 @@ def nearest_tokens(model: GPT, tok, token: int, k: int = 10) -> dict:
     return out
 
 
+@torch.no_grad()
 def embedding_map(model: GPT, tok, n: int = 300, counts: np.ndarray | None = None) -> dict:
     """A 2-D PCA map of token embeddings: every token when there are at most n, else the n most
     frequent by `counts` (vocab,) (without counts: the lowest ids, which in a BPE are its first
@@ -415,6 +422,7 @@ def embedding_map(model: GPT, tok, n: int = 300, counts: np.ndarray | None = Non
             "y": xy[:, 1].tolist(), "explained": share}
 
 
+@torch.no_grad()
 def residual_trajectory(model: GPT, tok, ids: list[int], position: int = -1) -> dict:
     """How one position's residual vector moves through the layers: after the embeddings and after
     each block, its cosine similarity to the token's own input embedding and to the unembedding (the LM
@@ -438,6 +446,7 @@ def residual_trajectory(model: GPT, tok, ids: list[int], position: int = -1) -> 
 
 # -- 6. parameters per head ---------------------------------------------------------------------
 
+@torch.no_grad()
 def head_parameters(model: GPT, layer: int = 0) -> dict:
     """Where one layer's attention parameters live, per head: W_Q, W_K, W_V (value "down", n_embd ->
     head size) and W_O's slice (value "up", head size -> n_embd), with the shapes of the model's own

@@ -77,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokens < 2 or args.top_k < 1 or args.neighbours < 1 or args.map_tokens < 2:
         raise TinyGPTError("--tokens and --map_tokens must be at least 2, --top_k and --neighbours at least 1")
 
-    import torch
-
     from model.device import resolve_device
 
-    torch.set_grad_enabled(False)
     model, tok = load_any_model(args.model, resolve_device(args.device))
     model.eval()
     result = run_view(args, model, tok)
