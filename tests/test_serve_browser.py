@@ -119,7 +119,7 @@ INSIDE_TABS = ("lens", "heads", "step", "ablate", "embeddings")
 @pytest.mark.usefixtures("one_thread")
 def test_inside_panel_in_chromium(tmp_path):
     """Every tab of the Inside panel draws, in Chromium, over a generated text; a screenshot of each
-    (also copied to $TINYGPT_INSIDE_SCREENSHOTS/inside-TAB.png when set, as for docs/inside.md;
+    (also copied to $TINYGPT_INSIDE_SCREENSHOTS/playground-inside-TAB.png when set, as for docs/inside.md;
     $TINYGPT_SERVE_SCREENSHOT_RUN serves a trained run instead of the random one)."""
     executable = chromium()
     run = os.environ.get("TINYGPT_SERVE_SCREENSHOT_RUN") or make_run(tmp_path / "shakespeare", block_size=64)
@@ -141,7 +141,7 @@ def test_inside_panel_in_chromium(tmp_path):
             shots = {}
 
             def shoot(tab):
-                shots[tab] = tmp_path / f"inside-{tab}.png"
+                shots[tab] = tmp_path / f"playground-inside-{tab}.png"
                 page.locator("#inside-panel").screenshot(path=str(shots[tab]))
 
             # the logit lens: one row per layer and the embeddings, one column per token (and a header)
@@ -197,4 +197,4 @@ def test_inside_panel_in_chromium(tmp_path):
     for tab in INSIDE_TABS:
         assert shots[tab].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if os.environ.get("TINYGPT_INSIDE_SCREENSHOTS"):
-            shutil.copyfile(shots[tab], Path(os.environ["TINYGPT_INSIDE_SCREENSHOTS"]) / f"inside-{tab}.png")
+            shutil.copyfile(shots[tab], Path(os.environ["TINYGPT_INSIDE_SCREENSHOTS"]) / f"playground-inside-{tab}.png")

@@ -11,7 +11,8 @@ SUBCOMMANDS = {
     "safety": "model.bench.safety",  # SIGKILL/SIGTERM survival, cost of the safety checks, memory estimate
     "gpu": "model.bench.gpu",  # one GPU: GPU tests, GPT-2 124M training and decoding against transformers
     "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte
-    "serve": "model.bench.serve",  # the server: one stream vs sample.py, 8 streams, time to first token, load test
+    "serve": "model.bench.serve",
+    "inspect": "model.bench.inspect",  # python -m model.inspect's views on the quick-start model, GPT-2 124M's ablation  # the server: one stream vs sample.py, 8 streams, time to first token, load test
 }
 
 

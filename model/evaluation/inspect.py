@@ -36,6 +36,9 @@ HEAD_SCORES = ("previous_token", "induction", "first_token", "self", "mean_dista
 ABLATION_MODES = ("zero", "mean")
 MAX_ROWS_PER_PASS = 16
 """Rows (windows x ablated copies) per forward pass of `ablate`: bounds its memory."""
+MAX_LOGITS = 64 * 2**20
+"""Most logits (rows x positions x vocabulary) `ablate` holds at once: GPT-2's 1,024 x 50,257 per
+window fit once."""
 
 
 # -- input --------------------------------------------------------------------------------------
@@ -295,7 +298,8 @@ def ablate(model: GPT, x: Tensor, y: Tensor, mode: str = "zero",
 
 def ablation_steps(model: GPT, x: Tensor, y: Tensor, mode: str = "zero") -> Iterator:
     """`ablate` one piece at a time: first the result with the baseline loss and no heads yet, then
-    each layer's rows of "heads" in turn (so a server can answer other requests between layers)."""
+    each layer's rows of "heads" in turn (so a server can answer other requests between layers).
+    The windows go through in groups whose logits fit in MAX_LOGITS values."""
     if mode not in ABLATION_MODES:
         raise TinyGPTError(f"mode must be one of {', '.join(ABLATION_MODES)}, got '{mode}'")
     model.eval()
@@ -305,20 +309,33 @@ def ablation_steps(model: GPT, x: Tensor, y: Tensor, mode: str = "zero") -> Iter
     count = int((y != IGNORE_INDEX).sum())
     if count == 0:
         raise TinyGPTError("the text has no token to predict; it needs at least two tokens")
+    per_group = max(1, MAX_LOGITS // (x.shape[1] * c.vocab_size))
+    groups = [(x[i:i + per_group], y[i:i + per_group]) for i in range(0, len(x), per_group)]
+    inputs: list[list[Tensor]] = []  # per group, the residual stream entering each block (baseline pass)
+    head_inputs: list[list[Tensor]] = []  # per group, each layer's c_proj input: the heads' outputs side by side
+    baseline = 0.0
     blocks = model.transformer.h
-    inputs: list[Tensor] = []  # the residual stream entering each block, in the baseline pass
-    head_inputs: list[Tensor] = []  # each layer's c_proj input: the heads' outputs side by side
-    hooks = [(block, "forward_pre", lambda module, args: inputs.append(args[0])) for block in blocks]
-    hooks += [(block.attn.c_proj, "forward_pre", lambda module, args: head_inputs.append(args[0])) for block in blocks]
-    with torch.no_grad(), hooked(hooks):
-        logits, _ = model(x)
-    yield {"baseline_loss": summed_cross_entropy(logits, y) / count, "mode": mode, "tokens": count, "heads": []}
-    del logits
+    for xg, yg in groups:
+        entering, heads_out = [], []
+        hooks = [(block, "forward_pre", lambda module, args, into=entering: into.append(args[0])) for block in blocks]
+        hooks += [(block.attn.c_proj, "forward_pre", lambda module, args, into=heads_out: into.append(args[0]))
+                  for block in blocks]
+        with torch.no_grad(), hooked(hooks):
+            logits, _ = model(xg)
+        baseline += summed_cross_entropy(logits, yg)
+        del logits
+        inputs.append(entering)
+        head_inputs.append(heads_out)
+    yield {"baseline_loss": baseline / count, "mode": mode, "tokens": count, "heads": []}
     for layer in range(c.n_layer):
-        heads = list(range(c.n_head))
-        means = head_means(head_inputs[layer], y) if mode == "mean" else None
-        losses = losses_with_heads_replaced(model, inputs[layer], y, layer, heads, means)
-        yield [{"layer": layer, "head": h, "loss": loss / count} for h, loss in zip(heads, losses)]
+        means = None
+        if mode == "mean":
+            means = head_means(torch.cat([h[layer] for h in head_inputs]), y)
+        losses = [0.0] * c.n_head
+        for (_, yg), entering in zip(groups, inputs):
+            group_losses = losses_with_heads_replaced(model, entering[layer], yg, layer, list(range(c.n_head)), means)
+            losses = [a + b for a, b in zip(losses, group_losses)]
+        yield [{"layer": layer, "head": h, "loss": loss / count} for h, loss in enumerate(losses)]
 
 
 def run_blocks(model: GPT, x: Tensor, first: int) -> Tensor:

@@ -231,7 +231,7 @@ def describe_lens(r: dict) -> str:
 
 
 def describe_heads(r: dict) -> str:
-    lines = [f"heads ranked by {r['sort']} (induction on a repeated random sequence of {r['probe_tokens']} tokens, "
+    lines = [f"heads ranked by {r['sort']} (induction on {r['probe_tokens'] // 2} random tokens seen twice, "
              f"the rest over the text's {len(r['tokens'])} tokens)",
              f"{'layer':>5}{'head':>5}{'previous':>10}{'induction':>11}{'first':>8}{'self':>8}{'distance':>10}"]
     for h in r["heads"]:
