@@ -379,3 +379,67 @@ INDUCTION_RUN = dict(
     optimizer="muon", muon_lr=0.03, learning_rate=3e-3, eval_interval=10_000, eval_iters=1, log_interval=100,
 )
 """A 2-layer model on the repeats corpus whose induction head forms (seed 1337, the default)."""
+
+
+# -- the server's endpoints ---------------------------------------------------------------------
+
+@pytest.fixture
+def client(run):
+    pytest.importorskip("fastapi", reason="the serve extra (FastAPI, uvicorn) is not installed")
+    from fastapi.testclient import TestClient
+    from serving_helpers import serve
+
+    app, served = serve([run], max_ablate_tokens=40)
+    with TestClient(app) as c:
+        c.served = served[0]
+        yield c
+
+
+def test_endpoints_answer_with_the_views_keys(client):
+    m = client.served
+    ids = TOK.encode(TEXT)
+    r = client.post("/v1/inspect/step", json={"prompt": TEXT, "layer": 1, "head": 0, "position": 3})
+    assert r.status_code == 200
+    expected = analyses.attention_step(m.model, TOK, ids, 1, 0, 3)
+    assert r.json()["weights"] == pytest.approx(expected["weights"], abs=1e-5)
+    lens = client.post("/v1/inspect/lens", json={"prompt": TEXT, "top_k": 2}).json()
+    assert [row[0]["token"] for row in lens["layers"][-1]["top"]] == analyses.logit_lens(m.model, TOK, ids)["predicted"]
+    heads = client.post("/v1/inspect/heads", json={"prompt": TEXT}).json()
+    assert len(heads["heads"]) == 4 and len(heads["patterns"][1][1]) == len(ids)
+    params = client.post("/v1/inspect/params", json={"layer": 1}).json()
+    assert params["heads"][0]["W_Q"]["weights"] == 32 * 16
+    near = client.post("/v1/inspect/embeddings", json={"token": "e", "prompt": TEXT, "k": 3, "map_tokens": 20}).json()
+    assert len(near["neighbours"]["cosine"]) == 3 and len(near["map"]["x"]) == 20 and near["trajectory"]["layers"]
+    ablated = client.post("/v1/inspect/ablate", json={"prompt": TEXT * 3}).json()
+    assert ablated["tokens"] == 40 and ablated["offset"] == 3 * len(TEXT) - 41 and len(ablated["heads"]) == 4
+
+
+def test_ablate_streams_its_progress(client):
+    with client.stream("POST", "/v1/inspect/ablate", json={"prompt": TEXT, "stream": True, "mode": "mean"}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert [e["progress"]["done"] for e in events[:-1]] == [1, 2]
+    assert events[-1]["result"]["mode"] == "mean" and len(events[-1]["result"]["heads"]) == 4
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("step", {"prompt": TEXT, "layer": 2}, "layer must be between 0 and 1"),
+    ("step", {"prompt": TEXT, "head": 5}, "head must be between 0 and 1"),
+    ("step", {"prompt": TEXT, "position": 99}, "position must be between"),
+    ("lens", {"prompt": ""}, "the prompt is empty"),
+    ("lens", {"prompt": "caf\u00e9"}, "outside this character-level vocabulary"),
+    ("lens", {"prompt": [999]}, "outside the vocabulary"),
+    ("heads", {"prompt": TEXT, "sort": "best"}, "sort must be one of"),
+    ("ablate", {"prompt": "a"}, "no token to predict"),
+    ("ablate", {"prompt": TEXT, "mode": "random"}, "mode must be one of"),
+    ("embeddings", {"token": "ab"}, "'ab' is 2 tokens"),
+    ("embeddings", {}, "give a 'token'"),
+    ("params", {"layer": 7}, "layer must be between 0 and 1"),
+])
+def test_endpoints_refuse_bad_input_with_a_400(client, path, body, message):
+    r = client.post(f"/v1/inspect/{path}", json=body)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_endpoints_pick_models_by_id_only(client):
+    r = client.post("/v1/inspect/params", json={"model": "/etc/passwd"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

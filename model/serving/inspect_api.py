@@ -85,11 +85,13 @@ def add_inspect_routes(app: FastAPI, pick: Callable[[str | None], ServedModel], 
         model: str | None = Field(None, max_length=200)
         layer: int = 0
 
-    def ids_of(m: ServedModel, prompt: Any, keep: int) -> tuple[list[int], int]:
+    def ids_of(m: ServedModel, prompt: Any, keep: int, windows: bool = False) -> tuple[list[int], int]:
+        """The prompt's last `keep` token ids (and no more than the context, unless they are cut
+        into windows of it), and how many were left out before them."""
         if isinstance(prompt, str) and not prompt:
             raise api_error(400, "the prompt is empty; give some text to look at", "prompt")
         (ids, _), = encode_prompts(m, prompt, limits)
-        keep = min(keep, m.model.config.block_size)
+        keep = keep if windows else min(keep, m.model.config.block_size)
         offset = max(0, len(ids) - keep)
         return ids[offset:], offset
 
@@ -142,7 +144,7 @@ def add_inspect_routes(app: FastAPI, pick: Callable[[str | None], ServedModel], 
         m = pick(body.model)
         if body.mode not in analyses.ABLATION_MODES:
             raise api_error(400, f"mode must be one of {', '.join(analyses.ABLATION_MODES)}, got '{body.mode}'", "mode")
-        ids, offset = ids_of(m, body.prompt, limits.max_ablate_tokens + 1)
+        ids, offset = ids_of(m, body.prompt, limits.max_ablate_tokens + 1, windows=True)
         if len(ids) < 2:
             raise api_error(400, "the text has no token to predict; it needs at least two tokens", "prompt")
         from model.data.dataset import eval_windows
