@@ -28,6 +28,20 @@ def chromium() -> str:
     pytest.skip("no Chromium installed (Debian: apt-get install chromium); CI installs it")
 
 
+def open_playground(browser, server, height: int, max_tokens: int):
+    """A page of the playground (without its Content-Security-Policy, so the test's probes run) with
+    the model listed and a prompt, max tokens and seed filled in; and the list its errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": height}, bypass_csp=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.fill("#prompt", "ROMEO:\nBut soft, what light")
+    page.fill("#max-tokens", str(max_tokens))
+    page.fill("#seed", "1")
+    return page, errors
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
 def test_playground_in_chromium(tmp_path):
@@ -50,15 +64,7 @@ def test_playground_in_chromium(tmp_path):
             strict.close()
 
             # the test's own probes are scripts, which that policy would refuse
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
-
-            page.fill("#prompt", "ROMEO:\nBut soft, what light")
-            page.fill("#max-tokens", "400")
-            page.fill("#seed", "1")
+            page, errors = open_playground(browser, server, height=900, max_tokens=400)
             # count the generated tokens on the page every time it changes
             page.evaluate("""() => {
                 window.tokenCounts = [];
@@ -128,14 +134,7 @@ def test_inside_panel_in_chromium(tmp_path):
     with LiveServer(app) as server, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000}, bypass_csp=True)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
-            page.fill("#prompt", "ROMEO:\nBut soft, what light")
-            page.fill("#max-tokens", "24")
-            page.fill("#seed", "1")
+            page, errors = open_playground(browser, server, height=1000, max_tokens=24)
             page.click("#generate")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
             shots = {}
