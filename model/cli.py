@@ -277,6 +277,9 @@ def prepare_main(argv: list[str] | None = None) -> int:
                         help=f"dataset folder name; known: {', '.join([*data.KNOWN_DATASETS, *hf_presets()])}")
     parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
     parser.add_argument("--url", default=None, help="download the text from this URL")
+    parser.add_argument("--synthetic", default=None, choices=synthetic_corpora(),
+                        help="generate the text instead: 'repeats' (random letters, each line twice: an induction "
+                        "head's task; docs/inside.md)")
     parser.add_argument("--tokenizer", default=None,
                         help="'char', 'bpe' (learn a byte-level BPE from the training split) or a tiktoken "
                         "encoding such as 'gpt2'")
@@ -285,16 +288,24 @@ def prepare_main(argv: list[str] | None = None) -> int:
     add_hf_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url):
+    if args.synthetic and (args.input or args.url or args.hf_dataset):
+        raise TinyGPTError("--synthetic generates the text: it takes no --input, --url or --hf_dataset")
+    if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url and not args.synthetic):
         meta = prepare_hf_from_args(args)
     else:
         meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet,
-                            vocab_size=args.vocab_size)
+                            vocab_size=args.vocab_size, synthetic=args.synthetic)
     print(
         f"{args.data_dir}/{args.dataset}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}"
     )
     return 0
+
+
+def synthetic_corpora() -> tuple[str, ...]:
+    from model.data.synthetic import SYNTHETIC
+
+    return SYNTHETIC
 
 
 def hf_presets() -> list[str]:
@@ -579,6 +590,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         "max_prompt_tokens": "longest prompt, in tokens", "max_tokens": "most tokens generated per text",
         "max_n": "most texts per prompt (n)", "max_logprobs": "most alternatives reported per token",
         "max_body_bytes": "largest request body", "max_attention_tokens": "longest text for the attention view",
+        "max_ablate_tokens": "most tokens one head-ablation request (Inside panel) scores",
     }
     parser = OneLineArgumentParser(
         prog="python -m model.serve", epilog=SERVE_EPILOG,
@@ -612,7 +624,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
-                 "max_attention_tokens"):
+                 "max_attention_tokens", "max_ablate_tokens"):
         if getattr(args, name) < 1:
             raise TinyGPTError(f"--{name} must be at least 1")
     if args.max_logprobs < 0 or not 0 < args.port < 65536:

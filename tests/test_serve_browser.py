@@ -28,6 +28,20 @@ def chromium() -> str:
     pytest.skip("no Chromium installed (Debian: apt-get install chromium); CI installs it")
 
 
+def open_playground(browser, server, height: int, max_tokens: int):
+    """A page of the playground (without its Content-Security-Policy, so the test's probes run) with
+    the model listed and a prompt, max tokens and seed filled in; and the list its errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": height}, bypass_csp=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.fill("#prompt", "ROMEO:\nBut soft, what light")
+    page.fill("#max-tokens", str(max_tokens))
+    page.fill("#seed", "1")
+    return page, errors
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
 def test_playground_in_chromium(tmp_path):
@@ -50,15 +64,7 @@ def test_playground_in_chromium(tmp_path):
             strict.close()
 
             # the test's own probes are scripts, which that policy would refuse
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
-
-            page.fill("#prompt", "ROMEO:\nBut soft, what light")
-            page.fill("#max-tokens", "400")
-            page.fill("#seed", "1")
+            page, errors = open_playground(browser, server, height=900, max_tokens=400)
             # count the generated tokens on the page every time it changes
             page.evaluate("""() => {
                 window.tokenCounts = [];
@@ -168,3 +174,84 @@ def test_playground_clears_the_map_labels_it_and_fits_a_phone(tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+INSIDE_TABS = ("lens", "heads", "step", "ablate", "embeddings")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_inside_panel_in_chromium(tmp_path):
+    """Every tab of the Inside panel draws, in Chromium, over a generated text; a screenshot of each
+    (also copied to $TINYGPT_INSIDE_SCREENSHOTS/playground-inside-TAB.png when set, as for docs/inside.md;
+    $TINYGPT_SERVE_SCREENSHOT_RUN serves a trained run instead of the random one)."""
+    executable = chromium()
+    run = os.environ.get("TINYGPT_SERVE_SCREENSHOT_RUN") or make_run(tmp_path / "shakespeare", block_size=64)
+    app, served = serve([run])
+    c = served[0].model.config
+    with LiveServer(app) as server, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page, errors = open_playground(browser, server, height=1000, max_tokens=24)
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+            shots = {}
+
+            def shoot(tab):
+                shots[tab] = tmp_path / f"playground-inside-{tab}.png"
+                page.locator("#inside-panel").screenshot(path=str(shots[tab]))
+
+            # the logit lens: one row per layer and the embeddings, one column per token (and a header)
+            page.click("#inside-tabs button[data-tab=lens]")
+            page.wait_for_function("document.querySelectorAll('#lens-table tr').length > 0")
+            assert page.locator("#lens-table tr").count() == c.n_layer + 2
+            assert "%" in page.locator("#lens-table td").first.get_attribute("title")
+            shoot("lens")
+
+            # the head gallery: one drawn pattern per head; clicking one opens it in the attention view
+            page.click("#inside-tabs button[data-tab=heads]")
+            page.wait_for_function(f"document.querySelectorAll('#gallery figure').length === {c.n_layer * c.n_head}")
+            coloured = page.evaluate("""() => {
+                const c = document.querySelector('#gallery canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 250) n++; return n / (d.length / 4); }""")
+            assert coloured > 0.3  # the lower triangle, at least
+            assert page.locator("#head-scores tr").count() == c.n_layer * c.n_head + 1
+            shoot("heads")
+            page.locator("#gallery figure").last.click()
+            sync_api.expect(page.locator("#layer")).to_have_value(str(c.n_layer - 1))
+            sync_api.expect(page.locator("#head")).to_have_value(str(c.n_head - 1))
+
+            # attention step by step for a clicked token: one row per key (and a header), future keys masked
+            page.click("#inside-tabs button[data-tab=step]")
+            page.wait_for_function("document.querySelectorAll('#step-tokens .tok').length > 0")
+            page.locator("#step-tokens .tok").nth(10).click()
+            page.wait_for_function("document.querySelectorAll('#step-table tr').length > 0")
+            n_tokens = page.locator("#step-tokens .tok").count()
+            assert page.locator("#step-table tr").count() == n_tokens + 1
+            assert page.locator("#step-table tr.masked").count() == n_tokens - 11
+            shoot("step")
+
+            # the ablation heatmap, computed on request with progress
+            page.click("#inside-tabs button[data-tab=ablate]")
+            page.click("#ablate-run")
+            page.wait_for_function("document.getElementById('ablate-status').textContent.startsWith('baseline')",
+                                   timeout=60_000)
+            assert page.evaluate("document.getElementById('ablate-progress').value") == c.n_layer
+            assert page.locator("#ablate-table tr").count() == c.n_layer * c.n_head + 1
+            shoot("ablate")
+
+            # nearest tokens by cosine similarity and by dot product
+            page.click("#inside-tabs button[data-tab=embeddings]")
+            page.fill("#embedding-token", "e")
+            page.click("#embedding-search")
+            page.wait_for_function("document.querySelectorAll('#neighbours table').length === 2")
+            assert page.locator("#neighbours table").first.locator("tr").count() == 10
+            shoot("embeddings")
+            assert not errors, errors
+        finally:
+            browser.close()
+    for tab in INSIDE_TABS:
+        assert shots[tab].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("TINYGPT_INSIDE_SCREENSHOTS"):
+            shutil.copyfile(shots[tab], Path(os.environ["TINYGPT_INSIDE_SCREENSHOTS"]) / f"playground-inside-{tab}.png")

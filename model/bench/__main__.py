@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "tokenizers": "model.bench.tokenizer_choice",  # char vs learned BPEs vs GPT-2's: bytes/token, speed, bits per byte
     "serve": "model.bench.serve",  # the server: one stream vs sample.py, 8 streams, time to first token, load test
     "load": "model.bench.load",  # quick-start training and GPT-2 decoding beside busy processes, both thread settings
+    "inspect": "model.bench.inspect",  # python -m model.inspect's views on the quick-start model, GPT-2 124M's ablation
 }
 
 

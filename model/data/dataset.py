@@ -132,15 +132,17 @@ def prepare(
     tokenizer: str | None = None,
     quiet: bool = False,
     vocab_size: int | None = None,
+    synthetic: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize a corpus into data_dir/dataset/{train.bin, val.bin, meta.json}; returns the meta.
     tokenizer='bpe' learns a byte-level BPE of vocab_size tokens from the training split (only), saved
-    as tokenizer.json beside meta.json."""
+    as tokenizer.json beside meta.json. synthetic names a generated corpus (model/data/synthetic.py)
+    to use instead of a text file."""
     folder = Path(data_dir) / dataset
     source = KNOWN_DATASETS.get(dataset)
     kind = tokenizer or (source.tokenizer if source else "char")
     with staged_dataset_folder(folder) as staging:
-        return _prepare_into(staging, folder, dataset, kind, input_path, url, quiet, vocab_size)
+        return _prepare_into(staging, folder, dataset, kind, input_path, url, quiet, vocab_size, synthetic)
 
 
 @contextlib.contextmanager
@@ -159,9 +161,14 @@ def staged_dataset_folder(folder: Path) -> Iterator[Path]:
 
 
 def _prepare_into(staging: Path, folder: Path, dataset: str, kind: str, input_path: str | None, url: str | None,
-                  quiet: bool, vocab_size: int | None) -> dict[str, Any]:
-    path = resolve_input(dataset, input_path, url, folder, staging)
-    text = read_corpus(path)
+                  quiet: bool, vocab_size: int | None, synthetic: str | None = None) -> dict[str, Any]:
+    if synthetic is not None:
+        from model.data.synthetic import synthetic_text
+
+        text, path = synthetic_text(synthetic), f"synthetic:{synthetic}"
+    else:
+        path = resolve_input(dataset, input_path, url, folder, staging)
+        text = read_corpus(path)
     n = int(len(text) * TRAIN_FRACTION)
     # a character vocabulary must cover the validation split's characters too; a byte-level BPE
     # encodes anything, so it learns from the training split alone and validation stays unseen
@@ -180,7 +187,7 @@ def _prepare_into(staging: Path, folder: Path, dataset: str, kind: str, input_pa
         "dtype": dtype.name,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        "source": str(folder / path.name if path.parent == staging else path),
+        "source": path if isinstance(path, str) else str(folder / path.name if path.parent == staging else path),
         "source_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
     write_json(staging / META, meta)

@@ -6,6 +6,8 @@
     POST /v1/completions   OpenAI's legacy completions: prompt (string, strings, token ids), max_tokens,
                            temperature, top_p, top_k (extension), n, stop, seed, logprobs, echo, stream
     POST /v1/attention     attention weights of a layer/head (or all of them) over a text, with its tokens
+    POST /v1/inspect/...   the "Inside" panel: logit lens, head scores, attention step by step, head
+                           ablation, embeddings, parameters per head (model/serving/inspect_api.py)
 
 Every error is JSON, {"error": {"message", "type", "param", "code"}}, with a 4xx status for bad
 input (400 malformed or out of bounds, or a Host name the server doesn't answer to, 401 wrong key,
@@ -38,6 +40,7 @@ from starlette.exceptions import HTTPException
 
 from model.errors import TinyGPTError
 from model.sampling.generate import cut_to_vocabulary
+from model.serving.inspect_api import add_inspect_routes
 from model.serving.engine import Busy, Event, Job, Sampling, TokenInfo, token_text, top_logprobs
 from model.serving.models import ServedModel
 
@@ -60,6 +63,7 @@ class Limits:
     max_body_bytes: int = 1_000_000  # Largest request body; a larger one gets 413 before it is read.
     max_attention_tokens: int = 512  # Longest text whose attention is computed; a longer one is cut to its last this many tokens.
     max_attention_values: int = 4_000_000  # Most attention weights (layers x heads x tokens x tokens) in one reply.
+    max_ablate_tokens: int = 1024  # Most tokens one head-ablation request scores (each head costs a pass over them).
 
 
 class APIError(Exception):
@@ -351,6 +355,7 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
         return {"object": "attention", "model": m.id, "tokens": [token_text(m.tok, t) for t in ids], "token_ids": ids,
                 "offset": offset, "layers": layers, "heads": heads, "weights": weights}
 
+    add_inspect_routes(app, pick, limits, check_key, Strict, APIError, encode_prompts)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)

@@ -46,8 +46,9 @@ def token_labels(tokenizer, ids: list[int]) -> list[str]:
 
 
 def plot_attention(weights: np.ndarray, labels: list[str], layers: list[int], heads: list[int],
-                   path: str | Path, title: str = "") -> Path:
-    """A grid of heatmaps (rows: layers, columns: heads) of weights (L, H, T, T), saved as a PNG."""
+                   path: str | Path, title: str = "", titles: dict[tuple[int, int], str] | None = None) -> Path:
+    """A grid of heatmaps (rows: layers, columns: heads) of weights (L, H, T, T), saved as a PNG.
+    titles: a panel title per (layer, head), instead of "layer L, head H"."""
     from matplotlib.figure import Figure
 
     from model.training.plots import save_figure
@@ -64,7 +65,7 @@ def plot_attention(weights: np.ndarray, labels: list[str], layers: list[int], he
         for c, head in enumerate(heads):
             ax = axes[r, c]
             image = ax.imshow(weights[r, c], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+            ax.set_title((titles or {}).get((layer, head), f"layer {layer}, head {head}"), fontsize=9)
             ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=rotation, fontsize=fontsize)
             ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=fontsize)
             ax.tick_params(length=0)
