@@ -20,7 +20,7 @@ LAYERS = [
     ("data", ["model.data", "model.checkpoint", "model.huggingface"]),
     ("workflows", ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
     ("programs", ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
-                  "model.visualize", "model.serve", "model.eval"]),
+                  "model.visualize", "model.serve", "model.eval", "model.sweep"]),
 ]
 
 
