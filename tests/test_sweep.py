@@ -15,7 +15,7 @@ import pytest
 from helpers import start, tiny_overrides, wait_for_line
 from model.checkpoint import load_checkpoint
 from model.cli import train_main
-from model.config import GPTConfig, load_config
+from model.config import GPTConfig, from_dict, load_config
 from model.nn.report import flops_per_token
 from model.tools import sweep as sweeps
 from model.tools.isoflop import Point, curve_minimum, fit_power_law, fit_scaling
@@ -254,7 +254,7 @@ def test_each_run_uses_its_budget_within_one_step(straight_sweep):
     for row in json.loads((straight_sweep / sweeps.RESULTS_JSON).read_text())["runs"]:
         folder = straight_sweep / sweeps.RUNS / row["run"]
         values = json.loads((folder / "config.json").read_text())
-        shape = GPTConfig(**{k: values[k] for k in GPTConfig.__dataclass_fields__})
+        shape, _ = from_dict(values)
         step = flops_per_token(shape) * values["batch_size"] * values["block_size"]
         steps = max(r["iter"] for r in read_metrics(folder / "metrics.jsonl"))
         assert steps == values["max_iters"] >= 1

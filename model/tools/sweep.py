@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cli import OneLineArgumentParser, guarded, train_main
-from model.config import GPTConfig, TrainConfig, load_config, parse_overrides, to_dict
+from model.config import GPTConfig, TrainConfig, from_dict, load_config, parse_overrides, to_dict
 from model.errors import ConfigError, TinyGPTError
 from model.files import atomic_write_bytes, make_folder, read_json, write_json
 from model.nn.report import GROUPS, Report, flops_per_token
@@ -149,7 +149,7 @@ class Sweep:
     unit: str
     sizes: list[Size]
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """name, size, budget, max_iters, flops (planned; FLOPs budgets only) and flags of every run."""
+    """name, size, budget, max_iters, flops (planned) and flags of every run."""
 
     def identity(self) -> dict[str, Any]:
         return {"config": self.config, "overrides": self.overrides, "budgets": self.budgets, "unit": self.unit,
@@ -220,6 +220,14 @@ def seconds_per_step(model_config: GPTConfig, train_config: TrainConfig) -> floa
     return statistics.median(times[2:])
 
 
+def schedule(steps: int, train_config: TrainConfig) -> dict[str, int]:
+    """The keys that fit a run to its length: the config's warmup share (warmup_iters / lr_decay_iters) of
+    `steps`, the cosine decay over all of them, and EVALUATIONS_PER_RUN evaluations."""
+    warmup_share = train_config.warmup_iters / max(train_config.lr_decay_iters, 1)
+    return {"max_iters": steps, "lr_decay_iters": steps, "warmup_iters": min(round(warmup_share * steps), steps),
+            "eval_interval": max(1, math.ceil(steps / EVALUATIONS_PER_RUN))}
+
+
 def plan(sweep: Sweep, out: Path, quiet: bool = True) -> Sweep:
     """Fill in sweep.runs: every (budget, size) pair that gets at least one step, with its flags."""
     model_config, train_config = load_base(sweep.config, sweep.overrides)
@@ -240,7 +248,6 @@ def plan(sweep: Sweep, out: Path, quiet: bool = True) -> Sweep:
         what = f"{cost[smallest]:.3g} FLOPs" if sweep.unit == "flops" else f"{cost[smallest]:.3g} s"
         raise ConfigError(f"budget {format_budget(sweep.budgets[0], sweep.unit)} is too small for one step of the "
                           f"smallest model ({smallest.spec}: one step takes {what}); raise --budgets")
-    warmup_share = train_config.warmup_iters / max(train_config.lr_decay_iters, 1)
     runs = []
     for budget in sweep.budgets:
         for size in sweep.sizes:
@@ -248,12 +255,8 @@ def plan(sweep: Sweep, out: Path, quiet: bool = True) -> Sweep:
             if steps < 1:
                 continue  # this size can't take a single step in this budget
             name = f"{len(runs):02d}-{size.label}-{budget_tag(budget, sweep.unit)}"
-            values = {
-                "n_layer": size.n_layer, "n_head": size.n_head, "n_embd": size.n_embd, "max_iters": steps,
-                "lr_decay_iters": steps, "warmup_iters": min(round(warmup_share * steps), steps),
-                "eval_interval": max(1, math.ceil(steps / EVALUATIONS_PER_RUN)),
-                "always_save_checkpoint": True, "out_dir": str(out / RUNS / name),
-            }
+            values = {"n_layer": size.n_layer, "n_head": size.n_head, "n_embd": size.n_embd,
+                      **schedule(steps, train_config), "always_save_checkpoint": True, "out_dir": str(out / RUNS / name)}
             if train_config.wandb_log:
                 values["wandb_run_name"] = name
             runs.append({"name": name, "size": size.spec, "budget": budget, "max_iters": steps,
@@ -318,14 +321,14 @@ def train_run(config: str | None, run: dict[str, Any], folder: Path, extra: dict
     argv = ([config] if config else []) + [f"--{k}={v}" for k, v in flags.items()] + (["--quiet"] if quiet else [])
     status = train_main(argv)
     if status != 0:
-        raise SweepStopped(status, f"run {run['name']} stopped (exit status {status}); start the sweep again to resume it")
+        raise SweepStopped(status)
 
 
 class SweepStopped(Exception):
-    """A run ended without finishing (its error is already printed): the sweep stops with its status."""
+    """A run ended without finishing, having said why on stderr: the sweep stops with its exit status."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
+    def __init__(self, status: int):
+        super().__init__(status)
         self.status = status
 
 
@@ -362,8 +365,7 @@ def run_row(folder: Path, run: dict[str, Any]) -> dict[str, Any] | None:
         return None
     record = Run.load(folder)
     values = record.config
-    shape = GPTConfig(**{k: values[k] for k in GPTConfig.__dataclass_fields__ if k in values})
-    train = TrainConfig(**{k: values[k] for k in TrainConfig.__dataclass_fields__ if k in values})
+    shape, train = from_dict(values)
     report = Report(shape)
     full_val = [r for r in record.records if "full_val_loss" in r][-1]
     tokens = values["max_iters"] * sequences_per_step(train) * shape.block_size
@@ -386,7 +388,10 @@ def collect(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]
     rows, missing = [], []
     for run in stored["runs"]:
         row = run_row(run_folder(out, run), run)
-        (rows.append(row) if row is not None else missing.append(run["name"]))
+        if row is None:
+            missing.append(run["name"])
+        else:
+            rows.append(row)
     return stored, rows, missing
 
 
@@ -476,11 +481,9 @@ def recommend(stored: dict[str, Any], rows: list[dict[str, Any]], fit: ScalingFi
     shape = size.config(model_config, vocab)
     cost = step_flops(shape, train_config) if sweep.unit == "flops" else seconds_per_step(shape, train_config)
     steps = max(1, round((target if sweep.unit == "flops" else target * 60) / cost))
-    warmup_share = train_config.warmup_iters / max(train_config.lr_decay_iters, 1)
     values = given_values(model_config, train_config)
-    values.update(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd, max_iters=steps,
-                  lr_decay_iters=steps, warmup_iters=min(round(warmup_share * steps), steps),
-                  eval_interval=max(1, math.ceil(steps / EVALUATIONS_PER_RUN)), out_dir="out-recommended")
+    values.update(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd, **schedule(steps, train_config),
+                  out_dir="out-recommended")
     report = Report(shape)
     summary = (f"recommended for {format_budget(target, sweep.unit)}: {size.spec} ({report.non_embedding:,} "
                f"non-embedding parameters; {why}), {steps:,} steps of {sequences_per_step(train_config) * shape.block_size:,} "
@@ -591,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_sweep(sweep, out, args.quiet)
     except SweepStopped as e:
-        print(e, file=sys.stderr)
+        if e.status > 128:  # 128 + a signal's number: the run saved a checkpoint, which the sweep resumes from
+            print("sweep stopped; the same command resumes it", file=sys.stderr)
         return e.status
     print(write_results(out, target, args.quiet))
     return 0
