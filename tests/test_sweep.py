@@ -158,7 +158,7 @@ def test_the_wandb_grid_expands_to_exactly_the_sweeps_runs(char_data_dir, tmp_pa
 
 
 # -- real tiny sweeps ------------------------------------------------------------------------------
-TINY = dict(sizes="2:2:16,2:2:24,2:2:32", budgets="1.2e9,2.4e9", batch_size=4, block_size=16, eval_iters=2,
+TINY = dict(sizes="2:2:16,2:2:24,2:2:32", budgets="3e8,6e8", batch_size=4, block_size=16, eval_iters=2,
             log_interval=5, warmup_iters=2, lr_decay_iters=20, dtype="float32")
 
 
@@ -184,7 +184,7 @@ def straight_sweep(tiny_data, tmp_path_factory) -> Path:
     """A tiny sweep (2 budgets x 3 sizes) run straight through, in a subprocess like the killed one."""
     out = tmp_path_factory.mktemp("straight") / "sweep"
     proc = start("-m", "model.sweep", *tiny_sweep_flags(tiny_data, out), "--quiet")
-    stdout, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     return out
 
@@ -260,7 +260,7 @@ def test_each_run_uses_its_budget_within_one_step(straight_sweep):
         assert steps == values["max_iters"] >= 1
         assert abs(steps * step - row["budget"]) <= step, row["run"]
     budgets = {row["budget"] for row in json.loads((straight_sweep / sweeps.RESULTS_JSON).read_text())["runs"]}
-    assert budgets == {1.2e9, 2.4e9}
+    assert budgets == {3e8, 6e8}
 
 
 @pytest.mark.slow
@@ -269,18 +269,18 @@ def test_a_sweep_killed_in_its_second_run_resumes_to_the_same_table(straight_swe
     flags = tiny_sweep_flags(tiny_data, out)
     proc = start("-m", "model.sweep", *flags)
     wait_for_line(proc, "sweep: run 2/6", timeout=300)
-    wait_for_line(proc, "iter 10:", timeout=300)
+    wait_for_line(proc, "iter 5:", timeout=300)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr
     runs = json.loads((out / sweeps.DEFINITION).read_text())["runs"]
     second = out / sweeps.RUNS / runs[1]["name"]
-    assert 10 <= load_checkpoint(second / "ckpt.pt")["iter_num"] < runs[1]["max_iters"]  # stopped mid-run
+    assert 5 <= load_checkpoint(second / "ckpt.pt")["iter_num"] < runs[1]["max_iters"]  # stopped mid-run
     assert not (out / sweeps.RUNS / runs[2]["name"]).exists()
 
     resumed = start("-m", "model.sweep", *flags, "--quiet")
-    stdout, stderr = resumed.communicate(timeout=600)
+    stdout, stderr = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, stderr[-3000:]
     assert "holds 1 finished run(s) of 6; resuming" in stdout
     straight = json.loads((straight_sweep / sweeps.RESULTS_JSON).read_text())
