@@ -39,7 +39,7 @@ def chinchilla_curves(alpha: float, beta: float, budgets: list[float]) -> dict[f
 @pytest.mark.parametrize("alpha, beta", [(0.34, 0.28), (0.3, 0.3), (0.25, 0.4)])
 def test_the_fit_recovers_the_exponents_of_synthetic_isoflop_curves(alpha, beta):
     fit = fit_scaling(chinchilla_curves(alpha, beta, list(np.geomspace(1e18, 1e22, 5))))
-    assert len(fit.minima) == 5 and all(m.inside for m in fit.minima)
+    assert len(fit.minima) == 5
     assert fit.params.exponent == pytest.approx(beta / (alpha + beta), abs=0.01)
     assert fit.tokens.exponent == pytest.approx(alpha / (alpha + beta), abs=0.01)
 
@@ -53,9 +53,11 @@ def test_a_parabola_recovers_its_vertex_and_a_power_law_its_exponent():
     assert law.exponent == pytest.approx(0.7) and law.coefficient == pytest.approx(3.0)
 
 
-def test_a_curve_without_a_minimum_or_with_two_sizes_has_no_vertex():
-    falling = [Point(n, 1.0, 5.0 - math.log(n)) for n in (1e3, 1e4, 1e5)]  # the best size is beyond the ladder
-    assert curve_minimum(1.0, falling[:2]) is None
+def test_a_curve_without_a_minimum_inside_its_sizes_or_with_two_sizes_has_no_vertex():
+    beyond = [Point(n, 1.0, 2.0 + 0.1 * (math.log(n) - math.log(1e2)) ** 2) for n in (1e3, 1e4, 1e5)]
+    assert curve_minimum(1.0, beyond) is None  # the best size is below the ladder: no extrapolation
+    assert curve_minimum(1.0, beyond + [Point(10.0, 1.0, 2.0 + 0.1 * math.log(10) ** 2)]) is not None  # one more size brackets it
+    assert curve_minimum(1.0, beyond[:2]) is None
     bent_down = [Point(n, 1.0, -(math.log(n) - 9) ** 2) for n in (1e3, 1e4, 1e5)]
     assert curve_minimum(1.0, bent_down) is None
     assert fit_scaling({1.0: bent_down}).params is None
@@ -244,6 +246,13 @@ def test_collect_builds_the_same_table_from_runs_copied_from_elsewhere(straight_
         return [line for line in (folder / sweeps.RECOMMENDED).read_text().splitlines() if "train.py" not in line]
 
     assert config_lines(elsewhere) == config_lines(straight_sweep)
+
+    merged = tmp_path / "merged"  # two sweeps of one config (here the same runs twice) in one table and fit
+    assert sweeps.main([f"--collect={straight_sweep}", f"--collect={elsewhere}", f"--out={merged}"]) == 0
+    rows = json.loads((merged / sweeps.RESULTS_JSON).read_text())["runs"]
+    assert [row["run"] for row in rows] == [f"{folder.name}/{row['run']}" for folder in (straight_sweep, elsewhere)
+                                            for row in original["runs"]]
+    assert (merged / sweeps.ISOFLOP_PLOT).is_file() and (merged / sweeps.RECOMMENDED).is_file()
 
 
 @pytest.mark.slow

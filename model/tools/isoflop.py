@@ -39,8 +39,6 @@ class CurveMinimum:
     """The parabola's value at its minimum."""
     coefficients: tuple[float, float, float]
     """(c2, c1, c0) of loss = c2 * x^2 + c1 * x + c0, x = ln N."""
-    inside: bool
-    """Whether N_opt lies within the sizes trained (else it is an extrapolation)."""
 
     def loss_at(self, params: np.ndarray) -> np.ndarray:
         return np.polyval(self.coefficients, np.log(params))
@@ -64,8 +62,9 @@ def fit_power_law(x: list[float], y: list[float]) -> PowerLaw:
 
 
 def curve_minimum(budget: float, points: list[Point]) -> CurveMinimum | None:
-    """The vertex of a parabola through (ln N, loss), or None when the curve has fewer than three sizes
-    or bends the wrong way (no minimum: the budget's best size lies beyond the sizes trained)."""
+    """The vertex of a parabola through (ln N, loss), or None when the curve has fewer than three sizes,
+    bends the wrong way, or has its vertex outside the sizes trained: then the budget's best size lies
+    beyond them, and an extrapolated vertex says little about where."""
     if len({p.params for p in points}) < 3:
         return None
     x = np.log([p.params for p in points])
@@ -73,18 +72,19 @@ def curve_minimum(budget: float, points: list[Point]) -> CurveMinimum | None:
     if c2 <= 0:
         return None
     x_opt = -c1 / (2 * c2)
+    if not x.min() <= x_opt <= x.max():
+        return None
     # tokens fall smoothly with size along an IsoFLOP curve (D = C / FLOPs per token): a line in log space
     slope, intercept = np.polyfit(x, np.log([p.tokens for p in points]), 1)
     return CurveMinimum(
         budget=budget, params=float(math.exp(x_opt)), tokens=float(math.exp(slope * x_opt + intercept)),
         loss=float(np.polyval((c2, c1, c0), x_opt)), coefficients=(float(c2), float(c1), float(c0)),
-        inside=bool(x.min() <= x_opt <= x.max()),
     )
 
 
 @dataclass(frozen=True)
 class ScalingFit:
-    """Every curve's minimum, and the power laws through them (None with fewer than two minima)."""
+    """The minima of the curves that have one, and the power laws through them (None with fewer than two)."""
 
     minima: list[CurveMinimum]
     params: PowerLaw | None
@@ -98,7 +98,7 @@ class ScalingFit:
 
         return {
             "minima": [{"budget": m.budget, "params": m.params, "tokens": m.tokens, "loss": m.loss,
-                        "coefficients": list(m.coefficients), "inside_sizes_trained": m.inside}
+                        "coefficients": list(m.coefficients)}
                        for m in self.minima],
             "params_opt": law(self.params),
             "tokens_opt": law(self.tokens),

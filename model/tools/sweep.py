@@ -382,17 +382,27 @@ def run_row(folder: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def collect(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-    """(the sweep definition, the rows of its finished runs, the names of the runs not finished)."""
-    stored = read_sweep(out)
+def collect(folders: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """(the first sweep's definition, the rows of the finished runs, the names of the runs not finished)
+    of one sweep folder, or of several sweeps of one base config (e.g. more sizes added later); with
+    several, a run is named FOLDER/NAME."""
+    first = read_sweep(folders[0])
     rows, missing = [], []
-    for run in stored["runs"]:
-        row = run_row(run_folder(out, run), run)
-        if row is None:
-            missing.append(run["name"])
-        else:
-            rows.append(row)
-    return stored, rows, missing
+    for folder in folders:
+        stored = read_sweep(folder)
+        for key in ("unit", "base_config"):
+            if stored.get(key) != first.get(key):
+                raise TinyGPTError(f"{folder} and {folders[0]} are sweeps of different {key.replace('_', ' ')}s; "
+                                   "collect sweeps of one config (and flags) together")
+        for run in stored["runs"]:
+            name = run["name"] if len(folders) == 1 else f"{folder.name}/{run['name']}"
+            row = run_row(run_folder(folder, run), run)
+            if row is None:
+                missing.append(name)
+            else:
+                rows.append({**row, "run": name})
+    first["sizes"] = sorted({size for f in folders for size in read_sweep(f)["sizes"]})
+    return first, rows, missing
 
 
 def curves(rows: list[dict[str, Any]]) -> dict[float, list[Point]]:
@@ -410,41 +420,51 @@ TABLE_COLUMNS = (("run", "run"), ("params", "params"), ("params_non_embedding", 
                  ("train_time", "time (s)"))
 
 
-def format_fit(fit: ScalingFit, unit: str) -> list[str]:
-    c = "C (FLOPs)" if unit == "flops" else "C (minutes)"
-    lines = [f"IsoFLOP minimum at {format_budget(m.budget, unit)}: N_opt {m.params:,.0f} non-embedding parameters, "
-             f"D_opt {m.tokens:,.0f} tokens, loss {m.loss:.4f}" + ("" if m.inside else " (beyond the sizes trained)")
-             for m in fit.minima]
+def format_fit(fit: ScalingFit, rows: list[dict[str, Any]], unit: str) -> list[str]:
+    minima = {m.budget: m for m in fit.minima}
+    lines = []
+    for budget in sorted({row["budget"] for row in rows}):
+        if budget in minima:
+            m = minima[budget]
+            lines.append(f"IsoFLOP minimum at {format_budget(budget, unit)}: N_opt {m.params:,.0f} non-embedding "
+                         f"parameters, D_opt {m.tokens:,.0f} tokens, loss {m.loss:.4f}")
+        else:
+            best = min((row for row in rows if row["budget"] == budget), key=lambda row: row["full_val_loss"])
+            lines.append(f"no IsoFLOP minimum at {format_budget(budget, unit)} inside the sizes trained (it needs three "
+                         f"sizes around it); best run {best['run']}, loss {best['full_val_loss']:.4f}")
     if fit.params is None:
-        lines.append("power-law fit: needs the minima of two budgets or more (each curve needs three sizes and a "
-                     "minimum)")
+        lines.append("power-law fit: needs the minima of two budgets or more")
     else:
+        c = "C (FLOPs)" if unit == "flops" else "C (minutes)"
         lines.append(f"N_opt = {fit.params.coefficient:.3g} * {c}^{fit.params.exponent:.3f};  "
                      f"D_opt = {fit.tokens.coefficient:.3g} * {c}^{fit.tokens.exponent:.3f}")
     return lines
 
 
-def write_results(out: Path, target_budget: float | None, quiet: bool = True) -> str:
-    """Table, fit, plots and recommended.toml from the sweep's finished runs; returns the text report."""
-    stored, rows, missing = collect(out)
+def write_results(folders: list[Path], out: Path, target_budget: float | None, quiet: bool = True) -> str:
+    """Table, fit, plots and recommended.toml, in out, from the finished runs of the sweeps in folders;
+    returns the text report."""
+    stored, rows, missing = collect(folders)
     if not rows:
-        raise TinyGPTError(f"{out} holds no finished run yet; run the sweep first")
+        raise TinyGPTError(f"{', '.join(map(str, folders))} holds no finished run yet; run the sweep first")
     unit = stored["unit"]
     fit = fit_scaling(curves(rows))
     table = format_table([label for _, label in TABLE_COLUMNS], [[row[key] for key, _ in TABLE_COLUMNS] for row in rows])
-    lines = [table, "", *format_fit(fit, unit)]
+    lines = [table, "", *format_fit(fit, rows, unit)]
     if missing:
         lines.append(f"not finished ({len(missing)}): {', '.join(missing)}")
-    recommendation = recommend(stored, rows, fit, target_budget if target_budget is not None else stored["budgets"][-1],
-                               quiet)
+    largest = max(row["budget"] for row in rows)
+    recommendation = recommend(stored, rows, fit, target_budget if target_budget is not None else largest, quiet)
     lines.append(recommendation["summary"])
     text = "\n".join(lines)
-    comments = ["Written by python -m model.sweep from the sweep in this folder; train it with",
+    comments = [f"Written by python -m model.sweep from the runs of {', '.join(map(str, folders))}; train it with",
                 f"  python train.py {out / RECOMMENDED}", recommendation["summary"]]
     if recommendation["fit"]:
         comments.append(f"fit: {recommendation['fit']}")
+    make_folder(out, "results folder")
     atomic_write_bytes(out / RECOMMENDED, toml_text(recommendation["values"], comments).encode())
-    write_json(out / RESULTS_JSON, {"unit": unit, "budgets": stored["budgets"], "runs": rows, "missing": missing,
+    write_json(out / RESULTS_JSON, {"unit": unit, "budgets": sorted({row["budget"] for row in rows}), "runs": rows,
+                                    "missing": missing,
                                     "fit": fit.to_dict(), "recommended": recommendation})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -551,7 +571,9 @@ def parse_args(argv: list[str]):
     parser.add_argument("--target_budget", help="the budget to recommend a size for (default: the largest)")
     parser.add_argument("--print_wandb_sweep", action="store_true",
                         help=f"write DIR/{WANDB_SWEEP} (a W&B grid over the runs) and DIR/{DEFINITION}, and train nothing")
-    parser.add_argument("--collect", metavar="DIR", help="build the table, fit and plots from DIR's finished runs")
+    parser.add_argument("--collect", metavar="DIR", action="append",
+                        help="build the table, fit and plots from DIR's finished runs (repeatable: sweeps of one "
+                        "config, e.g. with more sizes, together; the results then go to --out)")
     parser.add_argument("--launch", metavar="DIR", help="train one run of DIR's sweep (--run); what W&B agents call")
     parser.add_argument("--run", help="with --launch: the run's name")
     parser.add_argument("--quiet", action="store_true", help="no training output, only the sweep's lines")
@@ -565,14 +587,16 @@ def main(argv: list[str] | None = None) -> int:
     if (args.run is None) != (args.launch is None):
         raise ConfigError("--launch=DIR and --run=NAME go together: they train one run of DIR's sweep")
     target = None
-    if args.collect or args.launch:
-        out = Path(args.collect or args.launch)
-        stored = read_sweep(out)
-        if args.launch:
-            return launch(out, stored, args.run, overrides, args.quiet)
+    if args.launch:
+        out = Path(args.launch)
+        return launch(out, read_sweep(out), args.run, overrides, args.quiet)
+    if args.collect:
+        folders = [Path(folder) for folder in args.collect]
+        if len(folders) > 1 and not args.out:
+            raise ConfigError("several --collect folders need --out=DIR for the combined results")
         if args.target_budget is not None:
-            target = _target(args.target_budget, stored["unit"])
-        print(write_results(out, target, args.quiet))
+            target = _target(args.target_budget, read_sweep(folders[0])["unit"])
+        print(write_results(folders, Path(args.out) if args.out else folders[0], target, args.quiet))
         return 0
     if not args.budgets:
         raise ConfigError("--budgets is required, e.g. --budgets=1e12,3e12,1e13 (FLOPs) or --budgets=2min,5min")
@@ -597,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.status > 128:  # 128 + a signal's number: the run saved a checkpoint, which the sweep resumes from
             print("sweep stopped; the same command resumes it", file=sys.stderr)
         return e.status
-    print(write_results(out, target, args.quiet))
+    print(write_results([out], out, target, args.quiet))
     return 0
 
 
