@@ -40,6 +40,8 @@ SKIP = [
     (re.compile(r"--dataset=(tinystories|openwebtext|fineweb|wiki)\b|(--init_from=|sample\.py |model\.\w+ )gpt2\b|"
                 r"wandb sync|wandb_project=|https?://(?!127\.0\.0\.1)"), "needs the network"),
     (re.compile(r"python -m model\.bench"), "a benchmark that runs for minutes; BENCHMARKS.md has its output"),
+    (re.compile(r"python -m model\.sweep|sweep-shakespeare|\bwandb (sweep|agent)\b"),
+     "an IsoFLOP sweep trains for most of an hour (tests/test_sweep.py runs tiny ones), or needs W&B's servers"),
     (re.compile(r"--data_files=|\.\.\.(\s|$)"), "a sketch with the user's own files or flags"),
     (re.compile(r"^from openai import"), "needs the openai package, which tinygpt does not depend on"),
 ]
