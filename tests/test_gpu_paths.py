@@ -358,7 +358,7 @@ def test_sample_defaults_to_auto_device_and_dtype_and_loads_weights_only(trained
         return real_load(path, device)
 
     monkeypatch.setattr(checkpoint, "load_checkpoint", load)
-    with mock.patch("model.device.resolve_dtype", wraps=devices.resolve_dtype) as resolve_dtype:
+    with mock.patch("model.device.resolve_inference_dtype", wraps=devices.resolve_inference_dtype) as resolve_dtype:
         assert cli.sample_main(["--out_dir", str(trained), "--num_samples=1", "--max_new_tokens=3", "--quiet"]) == 0
     assert resolve_dtype.call_args.args[0] == "auto"
     assert seen["map_location"] == "cpu"  # the optimizer state never goes to the device
@@ -387,7 +387,7 @@ def test_cuda_rng_state_is_saved_and_restored_per_rank(tmp_path):
         state = rng.rng_state("cuda:1")
         assert get.call_args.args == (torch.device("cuda:1"),)
         checkpoint.save_checkpoint(tmp_path / "ckpt.pt", {"model": {}, "model_config": {}, "rng": [state]})
-        loaded = checkpoint.load_checkpoint(tmp_path / "ckpt.pt")["rng"][0]  # weights_only loading
+        loaded = checkpoint.safe_load(tmp_path / "ckpt.pt")["rng"][0]  # weights_only loading
         rng.restore_rng(loaded, "cuda:1")
         assert torch.equal(put.call_args.args[0], state_on_gpu1) and put.call_args.args[1] == torch.device("cuda:1")
         put.reset_mock()

@@ -248,7 +248,7 @@ def test_every_view_prints_one_json_object_and_draws_a_png(run, tmp_path, capsys
     (["embeddings", "--token=ab"], "'ab' is 2 tokens"),
     (["embeddings", "--token=\u00e9"], "outside this character-level vocabulary"),
     (["ablate", "--start=a"], "no token to predict"),
-    (["lens", "--out=x.jpg"], "--out must name a .png file"),
+    (["lens", "--out=x.docx"], "cannot tell which picture format"),
 ])
 def test_bad_input_is_one_line_on_stderr(run, capsys, args, message):
     argv = [args[0], str(run), *args[1:]]

@@ -147,7 +147,7 @@ def test_serve_takes_each_kind_and_several_at_once(capsys, models, hub, devices,
     first, *others = models.values()
     assert serve_main([first, "--quiet", *others, f"--out_dir={models['run']}", f"--port={free_port()}"]) == 0
     assert devices == ["auto"]
-    with TestClient(apps[0]) as client:
+    with TestClient(apps[0], base_url="http://127.0.0.1") as client:  # the loopback host names it answers to
         ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
         assert ids == ["run", "run-2", "exported", HUB_NAME, "run-3"]
         texts = {client.post("/v1/completions", json={"model": name, "prompt": "ROMEO:", "max_tokens": 16,

@@ -199,7 +199,7 @@ class RankRNG(TypedDict):
 
 class DataPosition(TypedDict):
     batch_generator: Annotated[torch.Tensor, LikeTensor(torch.get_rng_state)]
-    windows_drawn: Count
+    windows_drawn: NotRequired[Count]  # written by older versions, not read
 
 
 class TrainingState(Checkpoint):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.cli import OneLineArgumentParser, guarded, load_any_model
+from model.cli import OneLineArgumentParser, add_inference_flags, guarded, load_for_inference
 from model.errors import TinyGPTError
 from model.evaluation import inspect as analyses
 from model.tools.visualize import VISIBLE, plot_attention
@@ -63,8 +63,9 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--map_tokens", type=int, default=300,
                         help="embeddings: tokens on the PCA map (every token of a smaller vocabulary)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--out", default=None, help="draw the view into this PNG file")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None,
+                        help="draw the view into this picture, in the format its suffix names (.png, .pdf, .svg, ...)")
+    add_inference_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar (ablate)")
     return parser
 
@@ -72,15 +73,17 @@ def build_parser() -> OneLineArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.out is not None and Path(args.out).suffix.lower() != ".png":
-        raise TinyGPTError(f"--out must name a .png file, got '{args.out}'")
+    if args.out is not None:
+        from model.training.plots import figure_format
+
+        figure_format(args.out)  # refused before the model is loaded
     if args.tokens < 2 or args.top_k < 1 or args.neighbours < 1 or args.map_tokens < 2:
         raise TinyGPTError("--tokens and --map_tokens must be at least 2, --top_k and --neighbours at least 1")
 
-    from model.device import resolve_device
+    from model.sources import resolve_model
 
-    model, tok = load_any_model(args.model, resolve_device(args.device))
-    model.eval()
+    model, tok, _, dtype = load_for_inference(resolve_model(args.model), args)
+    model.to(dtype).eval()
     result = run_view(args, model, tok)
     if args.out is not None:
         print(f"wrote {draw(args.view, result, args.out)}", file=sys.stderr)
