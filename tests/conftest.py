@@ -23,6 +23,15 @@ if (SHARED / "tiktoken").is_dir():
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread for the whole suite: its tiny models gain nothing from more, and one thread has
+    no other thread to wait for when the machine is busy with other work. (Subprocesses the tests
+    start set OMP_NUM_THREADS=1 for the same reason.)"""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 SKIP_UNLESS = {"needs_gpt2": gpt2_unavailable, "needs_kernels": kernels_unavailable}
 """Marker name -> the check that says why a test with that marker can't run here (None: it can)."""
 
@@ -81,13 +90,3 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained_once, tmp_path / "out"))
 
 
-@pytest.fixture
-def one_thread():
-    """Run a test with one torch thread: tiny models gain nothing from more, and one thread has no
-    other thread to wait for when the machine is busy with other work."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -132,16 +132,25 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) ->
     raise AssertionError(f"process ended (status {proc.wait()}) before printing {prefix!r}: {proc.stderr.read()}")
 
 
-def peaky_gpt(seed: int = 0, **shape) -> GPT:
-    """A random GPT whose next-token distributions are far from uniform, so greedy choices are
-    clear-cut and a real difference in the computation (not rounding) is what changes them."""
+TINY_SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+"""The tests' tiny GPT: two layers of two heads, 32 wide, a context of 16 and 50 tokens."""
+
+
+def tiny_gpt(seed: int | None = 0, **options) -> GPT:
+    """A tiny GPT (TINY_SHAPE, with any GPTConfig key changed by `options`), in eval mode, its weights
+    drawn after torch.manual_seed(seed) (seed None: from the generator as it is)."""
     from model.config import GPTConfig
     from model.nn.gpt import GPT
 
-    torch.manual_seed(seed)
-    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(CHARS))
-    values.update(shape)
-    model = GPT(GPTConfig(**values))
+    if seed is not None:
+        torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY_SHAPE, **options})).eval()
+
+
+def peaky_gpt(seed: int = 0, **shape) -> GPT:
+    """A random GPT whose next-token distributions are far from uniform, so greedy choices are
+    clear-cut and a real difference in the computation (not rounding) is what changes them."""
+    model = tiny_gpt(seed, **{"vocab_size": len(CHARS), **shape})
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:

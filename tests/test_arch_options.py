@@ -17,7 +17,7 @@ from model.nn.gpt import GPT
 from model.fused import apply_kernels
 from model.nn.layers import apply_rotary, rotary_frequencies
 from model.training.trainer import Trainer
-from helpers import tiny_overrides
+from helpers import tiny_gpt, tiny_overrides
 
 OPTIONS = {
     "rope": dict(pos_embedding="rope"),
@@ -29,14 +29,11 @@ OPTIONS = {
 }
 
 
-def tiny_model(**options) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, **options)).eval()
 
 
 @pytest.mark.parametrize("name", OPTIONS)
 def test_shapes_and_loss(name):
-    model = tiny_model(**OPTIONS[name])
+    model = tiny_gpt(**OPTIONS[name])
     idx = torch.randint(0, 50, (3, 16))
     logits, loss = model(idx, idx)
     assert logits.shape == (3, 16, 50)
@@ -49,7 +46,7 @@ def test_shapes_and_loss(name):
 @pytest.mark.parametrize("name", OPTIONS)
 def test_causal(name):
     """Changing the token at position t changes no logit before t, and does change the logits at t."""
-    model = tiny_model(**OPTIONS[name])
+    model = tiny_gpt(**OPTIONS[name])
     idx = torch.randint(0, 50, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 50
@@ -60,15 +57,15 @@ def test_causal(name):
 
 
 def test_options_change_the_network():
-    classic = dict(tiny_model().named_parameters())
-    rope = dict(tiny_model(pos_embedding="rope").named_parameters())
+    classic = dict(tiny_gpt().named_parameters())
+    rope = dict(tiny_gpt(pos_embedding="rope").named_parameters())
     assert "transformer.wpe.weight" in classic and "transformer.wpe.weight" not in rope
-    rms = dict(tiny_model(norm="rmsnorm").named_parameters())
+    rms = dict(tiny_gpt(norm="rmsnorm").named_parameters())
     assert "transformer.h.0.ln_1.bias" in classic and "transformer.h.0.ln_1.bias" not in rms
-    qk = dict(tiny_model(qk_norm=True).named_parameters())
+    qk = dict(tiny_gpt(qk_norm=True).named_parameters())
     assert "transformer.h.0.attn.q_norm.weight" in qk
     idx = torch.randint(0, 50, (2, 16))
-    gelu, relu2 = tiny_model()(idx)[0], tiny_model(activation="relu2")(idx)[0]
+    gelu, relu2 = tiny_gpt()(idx)[0], tiny_gpt(activation="relu2")(idx)[0]
     assert not torch.allclose(gelu, relu2)
 
 

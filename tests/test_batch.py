@@ -10,7 +10,6 @@ from model.nn.gpt import GPT
 from model.sampling.batch import RunningBatch
 from model.sampling.generate import generate, prepare_for_sampling
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def alone(model: GPT, prompt: list[int], n: int) -> list[int]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 
 from model.bench import tokenizer_choice
 from helpers import ROOT
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_table_rows_and_plot(tmp_path, shakespeare_text, capsys):

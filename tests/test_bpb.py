@@ -20,7 +20,6 @@ from model.nn.gpt import GPT
 from model.training.evaluate import estimate_loss, split_bpb, split_loss
 from helpers import tiny_overrides
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 NON_ASCII = "Grüße aus Köln! 東京は晴れ。 naïve café 😀👍 e\u0301\n"
 

@@ -19,7 +19,6 @@ from model.data.tokenizer import EOT, BPETokenizer, from_meta
 from model.errors import TinyGPTError
 from helpers import tiny_overrides
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 AWKWARD = ["", "\n", "\n\n\n", "  \t \r\n", "héllo wörld", "e\u0301 a\u0308\u0323", "😀👍🏽 🇫🇷", "中文，日本語のテキスト",
            "x" * 3000, "it's  'll 've 123 4567", f"a {EOT} b", "\x00\x01\x7f", "ROMEO:\nBut soft!\n"]

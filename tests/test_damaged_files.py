@@ -5,7 +5,6 @@ damaged metrics.jsonl, crafted checkpoints, meta.json files and resume state."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -18,7 +18,6 @@ from model.data.tokenizer import TiktokenTokenizer
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_POSITIONS = 32
 WORDS = "the a man woman dog runs into house and then quickly slowly sits on chair table garden ball eats".split()

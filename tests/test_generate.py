@@ -13,7 +13,6 @@ from model.nn.gpt import GPT, positions
 from model.data.tokenizer import CharTokenizer
 from model.kernels import build
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def greedy(model: GPT, prompts, n: int, use_cache: bool = True) -> list[list[int]]:

@@ -8,16 +8,13 @@ from model import GPTConfig
 from model.errors import ConfigError
 from model.nn.gpt import IGNORE_INDEX
 
+from helpers import tiny_gpt
 
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
-    values.update(kw)
-    return GPT(GPTConfig(**values)).eval()
+
 
 
 def test_logits_shape_and_loss_at_init_is_near_uniform():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(50, (3, 16))
     logits, loss = model(idx, torch.randint(50, (3, 16)))
     assert logits.shape == (3, 16, 50)
@@ -25,7 +22,7 @@ def test_logits_shape_and_loss_at_init_is_near_uniform():
 
 
 def test_causality_future_tokens_never_change_past_logits():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(50, (2, 16))
     logits, _ = model(idx)
     for t in (0, 5, 14):
@@ -38,7 +35,7 @@ def test_causality_future_tokens_never_change_past_logits():
 
 
 def test_lm_head_is_tied_and_residual_projections_are_scaled():
-    model = tiny(n_layer=8)
+    model = tiny_gpt(n_layer=8)
     assert model.lm_head.weight is model.transformer.wte.weight
     std = model.transformer.h[0].attn.c_proj.weight.std().item()
     assert abs(std - 0.02 / math.sqrt(16)) < 0.002
@@ -46,13 +43,13 @@ def test_lm_head_is_tied_and_residual_projections_are_scaled():
 
 
 def test_untied_head_has_its_own_weights():
-    model = tiny(tie_weights=False)
+    model = tiny_gpt(tie_weights=False)
     assert model.lm_head.weight is not model.transformer.wte.weight
-    assert model.num_params() == tiny().num_params() + 50 * 32
+    assert model.num_params() == tiny_gpt().num_params() + 50 * 32
 
 
 def test_ignore_index_targets_do_not_count():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(50, (1, 16))
     targets = idx.clone()
     _, full = model(idx, targets)
@@ -64,14 +61,14 @@ def test_ignore_index_targets_do_not_count():
 
 
 def test_attention_patterns_one_per_layer():
-    model = tiny(n_layer=3)
+    model = tiny_gpt(n_layer=3)
     patterns = model.attention_patterns(torch.randint(50, (1, 10)))
     assert len(patterns) == 3 and patterns[0].shape == (1, 2, 10, 10)
 
 
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="block_size"):
-        tiny()(torch.zeros(1, 17, dtype=torch.long))
+        tiny_gpt()(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_bad_head_count_fails_clearly():
@@ -102,7 +99,7 @@ def test_training_block_drops_both_residual_branches_before_adding_them(kernels)
     from model.fused import KernelBlock, apply_kernels
     from model.kernels import ops
 
-    model = apply_kernels(tiny(dropout=0.3)) if kernels else tiny(dropout=0.3)
+    model = apply_kernels(tiny_gpt(dropout=0.3)) if kernels else tiny_gpt(dropout=0.3)
     block = model.transformer.h[0].train()
     assert (type(block) is KernelBlock) == kernels  # x + dropout(h) in one C pass (ops.dropout_add)
     dropout = ops.dropout if kernels else torch.nn.functional.dropout

@@ -24,7 +24,6 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 GPT2_VOCAB = 50257
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def small_gpt2(**overrides) -> GPT2LMHeadModel:

@@ -344,7 +344,6 @@ def repeated_halves(tok, lines: list[str], block_size: int) -> tuple[torch.Tenso
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_an_induction_head_forms_is_ranked_first_and_matters_on_the_repeat(tmp_path):
     from model.checkpoint import load_model
     from model.cli import prepare_main, train_main

@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 
-from model.config import GPTConfig, TrainConfig, load_config
+from model.config import TrainConfig, load_config
 from model.errors import ConfigError
-from model.nn.gpt import GPT
 from model.training.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
 from model.training.trainer import Trainer
-from helpers import tiny_overrides
+from helpers import tiny_gpt, tiny_overrides
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (48, 16), (16, 64), (3, 32, 8)])
@@ -52,7 +51,7 @@ def test_muon_minimises_a_matrix_problem():
 
 
 def test_muon_split_covers_every_parameter_once():
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, tie_weights=False))
+    model = tiny_gpt(tie_weights=False)
     opt = make_optimizer(model, TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=0.02), "cpu")
     assert isinstance(opt, CombinedOptimizer)
     muon, adamw = opt.optimizers

@@ -22,7 +22,6 @@ from serving_helpers import (  # noqa: E402
     PROMPT, LiveServer, ServeCommand, complete, expect_error, make_hf_folder, make_run, serve, wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -43,7 +43,6 @@ def open_playground(browser, server, height: int, max_tokens: int):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
 def test_playground_in_chromium(tmp_path):
     executable = chromium()
     run = os.environ.get("TINYGPT_SERVE_SCREENSHOT_RUN") or make_run(tmp_path / "shakespeare", block_size=64)
@@ -127,7 +126,6 @@ BLANK_CANVAS = """() => {
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
 def test_playground_clears_the_map_labels_it_and_fits_a_phone(tmp_path):
     executable = chromium()
     app, _ = serve([make_run(tmp_path / "shakespeare", block_size=64)])
@@ -180,7 +178,6 @@ INSIDE_TABS = ("lens", "heads", "step", "ablate", "embeddings")
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_inside_panel_in_chromium(tmp_path):
     """Every tab of the Inside panel draws, in Chromium, over a generated text; a screenshot of each
     (also copied to $TINYGPT_INSIDE_SCREENSHOTS/playground-inside-TAB.png when set, as for docs/inside.md;

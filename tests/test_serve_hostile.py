@@ -28,7 +28,6 @@ from serving_helpers import (  # noqa: E402
     PROMPT, LiveServer, ServeCommand, complete, expect_error, make_run, serve, wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from model.errors import TinyGPTError
 from model.sources import resolve_model
 from serving_helpers import free_port, make_run
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 HUB_NAME = "someone/tiny-gpt"
 KINDS = ["run", "checkpoint", "hf_folder", "hub"]

@@ -57,7 +57,7 @@ def test_gradient_accumulation_and_eval_only(char_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_data_dir, tmp_path, one_thread, k):
+def test_k_micro_batches_of_b_give_the_update_of_one_batch_of_k_times_b(char_data_dir, tmp_path, k):
     B, T = 4, 32
 
     def trainer(batch_size: int, steps: int, name: str) -> Trainer:

@@ -4,7 +4,7 @@
     python -m model.bench gpu --device=cpu --tiny --out=DIR  # the same code on a tiny config (CI)
 
 In one run, on one GPU:
-  1. the GPU-marked tests (tests/test_gpu.py: no host sync in a training step, fused attention,
+  1. the GPU-marked tests (tests/test_on_gpu.py: no host sync in a training step, fused attention,
      bf16/compile training, sampling and exact resume on CUDA), when pytest is installed;
   2. training GPT-2 124M (block 1024, the precision dtype=auto picks, torch.compile) on random tokens:
      our Trainer's own training step (prefetched batches, the NaN guard, a vocabulary padded to 50,304)
@@ -188,16 +188,16 @@ def decode(shape: Shape, device: str, dtype: torch.dtype) -> list[dict[str, Any]
 
 
 def gpu_tests(device: str) -> dict[str, Any]:
-    """tests/test_gpu.py in a subprocess (its own CUDA context, and a failure there is reported, not fatal)."""
+    """tests/test_on_gpu.py in a subprocess (its own CUDA context, and a failure there is reported, not fatal)."""
     if not device.startswith("cuda"):
         return {"status": "skipped: they need a GPU"}
-    if not (ROOT / "tests" / "test_gpu.py").is_file():
+    if not (ROOT / "tests" / "test_on_gpu.py").is_file():
         return {"status": "skipped: tests/ is not here (run from the source tree)"}
     if importlib.util.find_spec("pytest") is None:
         return {"status": "skipped: pytest is not installed"}
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/test_gpu.py"], cwd=ROOT, capture_output=True, text=True)
+                           "tests/test_on_gpu.py"], cwd=ROOT, capture_output=True, text=True)
     summary = (done.stdout.strip().splitlines() or [""])[-1]
     return {"status": "passed" if done.returncode == 0 else "FAILED", "summary": summary,
             "seconds": time.perf_counter() - t, "output_tail": done.stdout[-4000:] if done.returncode else ""}

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import ROOT, tiny_overrides
+from helpers import ROOT, tiny_gpt, tiny_overrides
 from model import checkpoint, device as devices
 from model.config import GPTConfig, TrainConfig, load_config
 from model.data.dataset import BatchLoader, TokenDataset, prepare
@@ -146,10 +146,9 @@ def test_no_mask_is_built_when_the_fused_causal_path_runs():
 
 @pytest.mark.parametrize("kernels", [False, True], ids=["plain", "kernels"])
 @pytest.mark.parametrize("options", ARCH_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "gpt2")
-def test_compiles_whole_for_every_architecture_option(options, kernels, one_thread):
+def test_compiles_whole_for_every_architecture_option(options, kernels):
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, **options))
+    model = tiny_gpt(vocab_size=64, **options).train()
     if kernels:
         apply_kernels(model)
     x = torch.randint(0, 64, (2, 16))
@@ -167,7 +166,7 @@ HOST_SYNCS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_a_training_step_reads_nothing_back_from_the_device(char_data_dir, tmp_path, dtype, one_thread):
+def test_a_training_step_reads_nothing_back_from_the_device(char_data_dir, tmp_path, dtype):
     # kernels off: the CPU kernels read their dropout seed from a CPU tensor; on a GPU they never run
     trainer = Trainer(*load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", dtype=dtype, kernels=False,
                                                         gradient_accumulation_steps=2)), quiet=True)
@@ -197,7 +196,7 @@ def nan_loss_at(trainer: Trainer, bad_iter: int) -> None:
     trainer.model.lm_head.register_forward_hook(hook)
 
 
-def test_float16_with_grad_scaler_on_cpu_autocast_skips_a_nan_step(char_data_dir, tmp_path, capsys, one_thread):
+def test_float16_with_grad_scaler_on_cpu_autocast_skips_a_nan_step(char_data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     values = tiny_overrides(char_data_dir, out, dtype="float16", on_nan="skip", max_iters=8, eval_interval=4,
                             log_interval=4)
@@ -222,7 +221,7 @@ def test_float16_with_grad_scaler_on_cpu_autocast_skips_a_nan_step(char_data_dir
     assert trainer.scaler.get_scale() < 2.0**16  # the NaN step backed the loss scale off
 
 
-def test_a_nan_step_is_never_applied_even_before_it_is_reported(char_data_dir, tmp_path, one_thread):
+def test_a_nan_step_is_never_applied_even_before_it_is_reported(char_data_dir, tmp_path):
     """The guard reads its flags only at log_interval, but the step itself is skipped on the device."""
     trainer = Trainer(*load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", dtype="float32",
                                                         grad_clip=0.0)), quiet=True)
@@ -253,7 +252,7 @@ def tensors_in(state) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("adamw", "bfloat16"), ("muon", "float32")])
 def test_a_step_with_an_infinite_loss_is_skipped_even_when_its_gradients_are_finite(char_data_dir, tmp_path, optimizer,
-                                                                                     dtype, one_thread):
+                                                                                     dtype):
     """The loss's own finiteness decides too (fused AdamW skips in its kernel, Muon after reading the flag)."""
     trainer = Trainer(*load_config(None, tiny_overrides(char_data_dir, tmp_path / "out", dtype=dtype,
                                                         optimizer=optimizer)), quiet=True)
@@ -302,8 +301,7 @@ def bpe_data_dir(tmp_path: Path, corpus: Path) -> Path:
 
 
 @pytest.mark.needs_gpt2
-def test_bpe_vocabulary_is_padded_and_padded_ids_are_never_sampled_or_exported(bpe_data_dir, tmp_path, capsys,
-                                                                                one_thread):
+def test_bpe_vocabulary_is_padded_and_padded_ids_are_never_sampled_or_exported(bpe_data_dir, tmp_path, capsys):
     from transformers import GPT2LMHeadModel
 
     from model.huggingface import save_pretrained
