@@ -97,8 +97,6 @@ def run_view(args, model, tok) -> dict:
     if args.view == "params":
         return analyses.head_parameters(model, args.layer)
     if args.view == "ablate":
-        import torch
-
         from model.data.dataset import eval_windows
 
         ids = given_ids(args, tok)
