@@ -92,7 +92,7 @@ def train_child(max_iters: int | None, data_dir: str, out_dir: str) -> dict:
     """Train the quick start in this process and report its training time and full-validation loss."""
     from model.cli import train_main
 
-    flags = [f"--data_dir={data_dir}", f"--out_dir={out_dir}"] + ([f"--max_iters={max_iters}"] if max_iters else [])
+    flags = [f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--overwrite=True"] + ([f"--max_iters={max_iters}"] if max_iters else [])
     printed = captured_stdout(lambda: train_main([str(QUICK_START), *flags]))
     trained = re.search(r"trained \d+ iterations in ([\d.]+)s", printed)
     loss = re.search(r"full-val loss ([\d.]+)", printed)

@@ -26,6 +26,7 @@ from model.errors import TinyGPTError
 from model.nn.gpt import GPT, IGNORE_INDEX
 from model.nn.layers import apply_rotary
 from model.nn.report import attention as attention_components
+from model.sampling.generate import cut_to_vocabulary
 from model.serving.engine import token_text
 
 PROBE_SEED = 0
@@ -199,10 +200,11 @@ def logit_lens(model: GPT, tok, ids: list[int], top_k: int = 5) -> dict:
         raise TinyGPTError(f"top_k must be at least 1, got {top_k}")
     model.eval()
     stream, logits = residual_stream(model, as_batch(model, ids))
-    final = logits[0].argmax(dim=-1)  # (T,): the model's own prediction at each position
+    # only the tokenizer's ids count: a padded vocabulary's extra rows are no token (as in sampling)
+    final = cut_to_vocabulary(logits[0], tok.vocab_size).argmax(dim=-1)  # (T,): the model's own prediction
     layers = []
     for depth, x in enumerate(stream):
-        probs = unembed(model, x)[0].float().softmax(dim=-1)  # (T, vocab)
+        probs = cut_to_vocabulary(unembed(model, x)[0], tok.vocab_size).float().softmax(dim=-1)  # (T, vocab)
         p, top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (T, k)
         layers.append({
             "layer": "embeddings" if depth == 0 else depth - 1,
@@ -222,7 +224,7 @@ def induction_probe(model: GPT, tok, half: int = PROBE_TOKENS, seed: int = PROBE
     cut to what the context and the vocabulary hold."""
     start = [tok.eot_token] if tok.eot_token is not None else []
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(model.config.vocab_size, generator=generator).tolist()
+    order = torch.randperm(tok.vocab_size, generator=generator).tolist()
     pool = [t for t in order[:4 * half] if t != tok.eot_token and token_text(tok, t) != "\n"]
     half = max(1, min(half, (model.config.block_size - len(start)) // 2, len(pool)))
     random_tokens = pool[:half]
@@ -401,7 +403,7 @@ def single_token(tok, text: str) -> int:
 def nearest_tokens(model: GPT, tok, token: int, k: int = 10) -> dict:
     """The k tokens whose embeddings (rows of the token embedding) are nearest to `token`'s, by cosine
     similarity (the angle only) and by dot product (the angle and the lengths), itself left out."""
-    table = model.transformer.wte.weight.detach().float()  # (vocab, C)
+    table = model.transformer.wte.weight[:tok.vocab_size].detach().float()  # (vocab, C): the tokenizer's ids
     k = min(k, table.shape[0] - 1)
     query = table[token]
     dots = table @ query  # (vocab,)
@@ -420,7 +422,7 @@ def embedding_map(model: GPT, tok, n: int = 300, counts: np.ndarray | None = Non
     """A 2-D PCA map of token embeddings: every token when there are at most n, else the n most
     frequent by `counts` (vocab,) (without counts: the lowest ids, which in a BPE are its first
     merges, roughly the most frequent)."""
-    table = model.transformer.wte.weight.detach().float()  # (vocab, C)
+    table = model.transformer.wte.weight[:tok.vocab_size].detach().float()  # (vocab, C): the tokenizer's ids
     vocab = table.shape[0]
     if vocab <= n:
         ids = torch.arange(vocab)
@@ -448,7 +450,7 @@ def residual_trajectory(model: GPT, tok, ids: list[int], position: int = -1) -> 
     position = check_index("position", position, len(ids), allow_negative=True)
     model.eval()
     stream, logits = residual_stream(model, idx)
-    predicted = int(logits[0, position].argmax())
+    predicted = int(cut_to_vocabulary(logits[0, position], tok.vocab_size).argmax())
     embedding = model.transformer.wte.weight[ids[position]].float()
     unembedding = model.lm_head.weight[predicted].float()
     layers = []
