@@ -6,7 +6,8 @@ Measures the README's quick-start training (configs/shakespeare_char_cpu.toml, -
 it) and greedy decoding of one sample of GPT-2 124M (random weights, no download; the C row-dot
 kernels, as sample.py uses them), each in a fresh process, under two settings:
   - default: OpenMP's own defaults (TINYGPT_THREAD_DEFAULTS=0), what every run used before;
-  - chosen:  what the programs now set at start-up (model/threads.py WAIT_DEFAULTS);
+  - chosen:  what the programs choose at start-up from the load they see (model/threads.py:
+             passive waiting when other programs keep the cores busy, OpenMP's defaults otherwise);
 first on the machine as it is ("idle"), then beside --busy processes that spin in pure Python
 (default: one per core), like a browser and a build on a laptop. The two settings alternate, so a
 change in background load hits both alike; every number is the best of --repeats. Training reports
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from model.cli import OneLineArgumentParser, guarded
 from model.errors import TinyGPTError
-from model.threads import SWITCH, USER_WAIT_SETTINGS, WAIT_DEFAULTS
+from model.threads import MEASURED, SWITCH, USER_WAIT_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 QUICK_START = ROOT / "configs" / "shakespeare_char_cpu.toml"
@@ -51,7 +52,7 @@ BUSY_LOOP = "while True: pass"
 def child_env(setting: dict[str, str]) -> dict[str, str]:
     """The environment of a measured process: this one's, without any thread setting of the user's
     (the comparison is between the settings alone), plus the setting's variables."""
-    env = {k: v for k, v in os.environ.items() if k not in (*USER_WAIT_SETTINGS, SWITCH, "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in (*USER_WAIT_SETTINGS, SWITCH, MEASURED, "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return {**env, **setting}
 
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.data.dataset import prepare
 
-    chosen = " ".join(f"{k}={v}" for k, v in WAIT_DEFAULTS.items())
-    settings = {"default": SETTINGS["default"], f"chosen ({chosen})": SETTINGS["chosen"]}
+    settings = {"default": SETTINGS["default"], "chosen": SETTINGS["chosen"]}
     settings.update({text: parse_setting(text) for text in args.also})
 
     load_before = os.getloadavg()[0]
@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
           f"default: OpenMP's own ({SWITCH}=0), chosen: the programs' own; best of {args.repeats}")
     print(f"training: {QUICK_START.relative_to(ROOT)} {iters}, seconds of training; decoding: {args.model} shape, "
           f"random weights, 1 sample, {args.new_tokens} new tokens, greedy")
-    for setting in settings:
-        print(f"{setting}: {results['idle'][setting]['train']['threads']}")
+    for state, measured in results.items():
+        for setting in settings:
+            print(f"{state}, {setting}: {measured[setting]['train']['threads']}")
     print(table(results))
     return 0
 
