@@ -135,7 +135,16 @@ class BPETokenizerEntry(TypedDict):
     sha256: NotRequired[str]
 
 
-TokenizerEntry = CharTokenizerEntry | TiktokenTokenizerEntry | BPETokenizerEntry
+class ChatTokenizerEntry(TypedDict):
+    """A base tokenizer's entry plus the chat template's special tokens (model/data/tokenizer.py)."""
+
+    kind: Literal["chat"]
+    base: CharTokenizerEntry | TiktokenTokenizerEntry | BPETokenizerEntry
+    special_tokens: Annotated[list[str], Length(1, 16)]
+    vocab_size: NotRequired[Positive]
+
+
+TokenizerEntry = CharTokenizerEntry | TiktokenTokenizerEntry | BPETokenizerEntry | ChatTokenizerEntry
 """A tokenizer as meta.json, checkpoints and exported folders store it (model/data/tokenizer.py)."""
 
 

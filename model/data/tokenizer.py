@@ -24,6 +24,10 @@ EOT = "<|endoftext|>"
 """The end-of-text special token (GPT-2's spelling) that separates documents in a learned BPE."""
 BPE_FILE = "tokenizer.json"
 """The file name of a learned BPE (Hugging Face tokenizers' format) in a dataset folder."""
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+"""The chat template's special tokens: the start of a system, user and assistant turn, and the end of
+any turn. A chat tokenizer numbers them after its base vocabulary, in this order."""
+CHAT_ROLES = ("system", "user", "assistant")
 BPE_TRAIN_PIECE_CHARS = 1 << 16
 """The training text is handed to the BPE trainer in pieces of about this many characters, so that it
 counts words on every core."""
@@ -88,6 +92,43 @@ class TiktokenTokenizer:
 
     def to_meta(self) -> dict[str, Any]:
         return {"kind": "tiktoken", "name": self.name, "vocab_size": self.vocab_size}
+
+
+class ChatTokenizer:
+    """A base tokenizer (char, GPT-2 or a learned BPE) plus the chat template's special tokens, numbered
+    base.vocab_size, base.vocab_size + 1, ... (CHAT_TOKENS' order). Text never encodes to a special
+    token: `encode` is the base tokenizer's, so a message that spells "<|user|>" stays plain text; the
+    template (model/data/chat.py) places the special ids between turns."""
+
+    def __init__(self, base: CharTokenizer | TiktokenTokenizer, specials: tuple[str, ...] | list[str] = CHAT_TOKENS):
+        if isinstance(base, ChatTokenizer):
+            raise TinyGPTError("a chat tokenizer's base can't be another chat tokenizer")
+        if tuple(specials) != CHAT_TOKENS:
+            raise TinyGPTError(f"chat tokens must be {', '.join(CHAT_TOKENS)}, got {', '.join(map(str, specials))}")
+        self.base = base
+        self.specials = tuple(specials)
+        self.special_ids = {name: base.vocab_size + i for i, name in enumerate(self.specials)}
+        self.vocab_size = base.vocab_size + len(self.specials)
+        self.eot_token = base.eot_token
+
+    def role_id(self, role: str) -> int:
+        """The id that starts a turn of `role` ('system', 'user' or 'assistant')."""
+        return self.special_ids[f"<|{role}|>"]
+
+    @property
+    def end_id(self) -> int:
+        """The id that ends every turn."""
+        return self.special_ids[CHAT_TOKENS[-1]]
+
+    def encode(self, text: str) -> list[int]:
+        return self.base.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return token_bytes(self, ids).decode("utf-8", errors="replace")
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"kind": "chat", "base": self.base.to_meta(), "special_tokens": list(self.specials),
+                "vocab_size": self.vocab_size}
 
 
 def check_bpe_ids(ranks: dict[bytes, int], specials: dict[str, int]) -> None:
@@ -194,6 +235,8 @@ class BPETokenizer(TiktokenTokenizer):
 def resolve_meta(meta: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     """A tokenizer entry made self-contained: one that names a file in `folder` (as a dataset's
     meta.json does for a learned BPE) gets the file's text inline, as checkpoints store it."""
+    if isinstance(meta, dict) and meta.get("kind") == "chat" and isinstance(meta.get("base"), dict):
+        return {**meta, "base": resolve_meta(meta["base"], folder)}
     if not isinstance(meta, dict) or "file" not in meta:
         return meta
     path = Path(folder) / str(meta["file"])
@@ -213,6 +256,11 @@ def from_meta(meta: dict[str, Any], where: str = "tokenizer entry") -> CharToken
     """The tokenizer a stored entry describes (`where` names the file it came from, for errors)."""
     schema.check(meta, schema.TokenizerEntry, where)
     kind = meta.get("kind")
+    if kind == "chat":
+        tok = ChatTokenizer(from_meta(meta["base"], where), meta["special_tokens"])
+        if meta.get("vocab_size") not in (None, tok.vocab_size):
+            raise TinyGPTError(f"{where}: chat tokenizer has {tok.vocab_size} tokens, its entry says {meta['vocab_size']}")
+        return tok
     if kind == "char":
         return CharTokenizer(meta["chars"])
     if kind == "tiktoken":
@@ -224,7 +272,7 @@ def from_meta(meta: dict[str, Any], where: str = "tokenizer entry") -> CharToken
         if meta.get("vocab_size") not in (None, tok.vocab_size):
             raise TinyGPTError(f"BPE tokenizer has {tok.vocab_size} tokens, its entry says {meta['vocab_size']}")
         return tok
-    raise TinyGPTError(f"unknown tokenizer kind {kind!r} (expected 'char', 'tiktoken' or 'bpe')")
+    raise TinyGPTError(f"unknown tokenizer kind {kind!r} (expected 'char', 'tiktoken', 'bpe' or 'chat')")
 
 
 def make(kind: str, text: str | None = None, vocab_size: int | None = None, quiet: bool = True) -> CharTokenizer | TiktokenTokenizer:
@@ -268,7 +316,17 @@ def _piece_end(text: str, near: int) -> int:
     return len(text)
 
 
-def token_bytes(tok: CharTokenizer | TiktokenTokenizer, ids: list[int]) -> bytes:
+def token_bytes(tok: CharTokenizer | TiktokenTokenizer | ChatTokenizer, ids: list[int]) -> bytes:
+    """The UTF-8 bytes `ids` spell; a chat token spells its name (e.g. b"<|user|>")."""
+    if isinstance(tok, ChatTokenizer):
+        out, run, names = [], [], {i: name.encode() for name, i in tok.special_ids.items()}
+        for i in ids:
+            if i in names:
+                out += [token_bytes(tok.base, run), names[i]]
+                run = []
+            else:
+                run.append(i)
+        return b"".join([*out, token_bytes(tok.base, run)])
     if isinstance(tok, TiktokenTokenizer):
         return tok.enc.decode_bytes(ids)
     return tok.decode(ids).encode("utf-8")
@@ -276,7 +334,10 @@ def token_bytes(tok: CharTokenizer | TiktokenTokenizer, ids: list[int]) -> bytes
 
 def token_byte_lengths(tok: CharTokenizer | TiktokenTokenizer) -> np.ndarray:
     """How many UTF-8 bytes of text each token id stands for, as int64 (vocab_size,). Special tokens
-    (end of text) stand for none: they separate documents rather than spell text."""
+    (end of text, the chat template's tokens) stand for none: they separate documents or turns rather
+    than spell text."""
+    if isinstance(tok, ChatTokenizer):
+        return np.concatenate([token_byte_lengths(tok.base), np.zeros(len(tok.specials), dtype=np.int64)])
     if isinstance(tok, TiktokenTokenizer):
         lengths = np.array([len(tok.enc.decode_single_token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.int64)
         lengths[[tok.enc.encode_single_token(s) for s in tok.enc.special_tokens_set]] = 0

@@ -30,17 +30,19 @@ def estimate_loss(
     out = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
-        loss_sum, n_bytes = 0.0, 0  # a running sum: memory stays the same for any eval_iters
+        loss_sum, nats, n_bytes = 0.0, 0.0, 0  # running sums: memory stays the same for any eval_iters
         for _ in progress(range(eval_iters), desc=f"eval {split}", unit="batch", quiet=quiet):
             if check_stop is not None:
                 check_stop()
             x, y = dataset.get_batch(split, batch_size, block_size, generator)
-            n_bytes += int(dataset.byte_lengths[y].sum())
+            counted = y[y != IGNORE_INDEX]  # a chat dataset's batches have targets that don't count
+            n_bytes += int(dataset.byte_lengths[counted].sum())
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
             loss_sum += loss.item()
+            nats += loss.item() * counted.numel()
         out[split] = loss_sum / eval_iters
-        out[f"{split}_bpb"] = bits_per_byte(loss_sum * y.numel(), n_bytes)  # every batch has y.numel() targets
+        out[f"{split}_bpb"] = bits_per_byte(nats, n_bytes)
     model.train(was_training)
     return out
 
@@ -61,8 +63,7 @@ def split_loss(
 
 def split_bpb(loss: float, dataset: TokenDataset, split: str) -> float:
     """Bits per byte of a split_loss: its loss summed over the split's targets, over their bytes."""
-    n_targets = len(dataset.splits[split]) - 1
-    return bits_per_byte(loss * n_targets, dataset.target_bytes(split))
+    return bits_per_byte(loss * dataset.target_count(split), dataset.target_bytes(split))
 
 
 @torch.no_grad()

@@ -42,10 +42,31 @@ from model.training.rng import restore_rng, rng_state, seed_rank
 def open_dataset(config: TrainConfig, echo=print, quiet: bool = False) -> data.TokenDataset:
     """The prepared dataset, preparing the known ones (e.g. Tiny Shakespeare) on first use."""
     folder = Path(config.data_dir) / config.dataset
-    if not (folder / data.META).is_file() and config.dataset in data.KNOWN_DATASETS:
+    if not (folder / data.META).is_file() and config.dataset in (*data.KNOWN_DATASETS, data.CHAT_EXAMPLE):
         echo(f"preparing dataset '{config.dataset}' in {folder}")
-        data.prepare(config.dataset, config.data_dir, quiet=quiet)
+        if config.dataset == data.CHAT_EXAMPLE:
+            data.prepare_chat(config.dataset, config.data_dir, quiet=quiet)
+        else:
+            data.prepare(config.dataset, config.data_dir, quiet=quiet)
     return data.TokenDataset(folder)
+
+
+def add_token_rows(model: GPT, known: int, wanted: int) -> GPT:
+    """`model` with embedding (and LM-head) rows for token ids known..wanted-1, each the mean of the
+    rows of the `known` tokens it has learned: a new token starts where an average token is, not at a
+    random place the model has never seen. Grows the vocabulary to `wanted` rows if it has fewer."""
+    config = dataclasses.replace(model.config, vocab_size=max(model.config.vocab_size, wanted))
+    state = model.state_dict()
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        if name in state:
+            rows = state[name]
+            grown = rows.new_zeros(config.vocab_size, rows.size(1))
+            grown[: min(len(rows), config.vocab_size)] = rows[: config.vocab_size]
+            grown[known:wanted] = rows[:known].float().mean(0).to(rows.dtype)
+            state[name] = grown
+    grown_model = GPT(config).to(next(model.parameters()).dtype)
+    grown_model.load_state_dict(state)
+    return grown_model
 
 
 def _make_out_dir(path: str) -> Path:
@@ -88,6 +109,9 @@ class Trainer:
         self.dataset = self._open_dataset()
         resume = self._load_resume() if config.init_from == "resume" else None
         weights = self._choose_model(model_config, resume)
+        fitted = self.dataset.fit_chat(self.model_config.block_size)
+        if fitted:
+            self.echo(fitted)
         self._settle_schedule(resume)
         self._check_memory()  # before allocating anything
         self.stop = signals.GracefulStop(self.dist.world_size == 1)  # active inside train(); polled after every step
@@ -157,7 +181,12 @@ class Trainer:
         from model.sources import load_any_model
 
         model, tok = load_any_model(name_or_dir)
-        if tok.to_meta() != self.tokenizer_meta:
+        wanted = self.tokenizer_meta
+        if wanted.get("kind") == "chat" and tok.to_meta() == wanted.get("base"):
+            model = add_token_rows(model, tok.vocab_size, wanted["vocab_size"])
+            self.echo(f"added the chat template's {wanted['vocab_size'] - tok.vocab_size} tokens to {name_or_dir}'s "
+                      "vocabulary: new embedding rows, the mean of the existing ones")
+        elif tok.to_meta() != wanted:
             raise TinyGPTError(
                 f"init_from={name_or_dir} uses tokenizer {tok.to_meta()['kind']} ({tok.vocab_size} tokens) but dataset "
                 f"'{self.config.dataset}' was prepared with {self.tokenizer_meta.get('kind')} "
