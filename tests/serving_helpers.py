@@ -20,17 +20,18 @@ PROMPT = "ROMEO:\nBut soft"
 
 
 def make_run(out_dir: Path, seed: int = 0, block_size: int = 32, chars: str = CHARS,
-             vocab_size: int | None = None) -> Path:
+             vocab_size: int | None = None, chat: bool = False) -> Path:
     """A checkpoint of a tiny character-level GPT whose next-token choices are clear-cut (random
     weights, scaled up), so greedy text doesn't hinge on rounding, in out_dir/ckpt.pt. vocab_size:
-    the model's vocabulary rows, when more than the tokenizer's (a padded vocabulary)."""
+    the model's vocabulary rows, when more than the tokenizer's (a padded vocabulary). chat: the
+    tokenizer has the chat template's tokens (a chat model, untrained)."""
     from model.checkpoint import model_state, save_checkpoint
     from model.config import GPTConfig
-    from model.data.tokenizer import CharTokenizer
+    from model.data.tokenizer import CharTokenizer, ChatTokenizer
     from model.nn.gpt import GPT
 
     torch.manual_seed(seed)
-    tok = CharTokenizer(chars)
+    tok = ChatTokenizer(CharTokenizer(chars)) if chat else CharTokenizer(chars)
     config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=vocab_size or tok.vocab_size)
     model = GPT(config)
     with torch.no_grad():

@@ -252,3 +252,79 @@ def test_inside_panel_in_chromium(tmp_path):
         assert shots[tab].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if os.environ.get("TINYGPT_INSIDE_SCREENSHOTS"):
             shutil.copyfile(shots[tab], Path(os.environ["TINYGPT_INSIDE_SCREENSHOTS"]) / f"playground-inside-{tab}.png")
+
+
+@pytest.mark.slow
+def test_chat_mode_in_chromium(tmp_path):
+    """A chat model gets the chat mode: a message is sent with the history to /v1/chat/completions,
+    the reply arrives as an assistant turn of shaded tokens with their alternatives, the attention view
+    draws the conversation in the chat template's tokens, and a model without the template keeps the
+    completion mode."""
+    executable = chromium()
+    app, served = serve([make_run(tmp_path / "chatty", block_size=64, chat=True), make_run(tmp_path / "plain")])
+    with LiveServer(app) as server, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000}, bypass_csp=True)
+            errors, sent = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: sent.append((r.url, r.post_data_json)) if r.method == "POST" else None)
+            page.goto(server.url + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            assert page.locator("#model").input_value() == "chatty"
+            sync_api.expect(page.locator("#mode-box")).to_be_visible()
+            sync_api.expect(page.locator("#generate")).to_have_text("Send")
+            page.fill("#system", "Be brief.")
+            page.fill("#prompt", "Hello there")
+            page.fill("#max-tokens", "20")
+            page.fill("#seed", "1")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('done') || "
+                                   "document.getElementById('status').className === 'error'", timeout=60_000)
+            assert page.inner_text("#status").startswith("done"), page.inner_text("#status")
+            body = [b for u, b in sent if u.endswith("/v1/chat/completions")][-1]
+            assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+            assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["stream"] is True
+            # the conversation as turns; the reply's tokens shaded by their probability
+            assert page.locator("#output .turn.system").inner_text() == "Be brief."
+            assert page.locator("#output .turn.user").inner_text() == "Hello there"
+            reply = page.locator("#output .turn.assistant .tok")
+            assert 1 <= reply.count() <= 20
+            assert all(reply.nth(i).evaluate("s => s.style.background !== ''") for i in range(reply.count()))
+            assert page.input_value("#prompt") == ""  # the message box is ready for the next one
+            reply.first.click()
+            assert page.locator("#alternatives tr").count() == 5
+            # the attention view over the conversation, special tokens included
+            page.wait_for_function("document.querySelectorAll('#attn-tokens .tok').length > 0")
+            tokens = page.locator("#attn-tokens .tok").all_inner_texts()
+            assert tokens[:2] == ["<|system|>", "B"] and "<|user|>" in tokens and "<|assistant|>" in tokens
+            # the Inside panel looks at the same tokens
+            page.wait_for_function("document.querySelectorAll('#lens-table tr').length > 0")
+            assert page.locator("#lens-table th").nth(1).inner_text() == "<|system|>"
+
+            # a second message goes with the history; Enter sends it
+            first_reply = body["messages"]
+            page.fill("#prompt", "And now?")
+            page.press("#prompt", "Enter")
+            page.wait_for_function("document.querySelectorAll('#output .turn.assistant').length === 2 && "
+                                   "document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+            body = [b for u, b in sent if u.endswith("/v1/chat/completions")][-1]
+            assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+            assert body["messages"][:2] == first_reply and body["messages"][3]["content"] == "And now?"
+            assert page.locator("#output .turn.user").count() == 2
+            page.click("#new-chat")
+            assert page.locator("#output .turn").count() == 0
+
+            # a model without a chat template: completion mode only
+            page.select_option("#model", "plain")
+            sync_api.expect(page.locator("#mode-box")).to_be_hidden()
+            sync_api.expect(page.locator("#generate")).to_have_text("Generate")
+            page.fill("#prompt", "ROMEO:")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+            assert page.locator("#output .turn").count() == 0 and page.locator("#output .tok").count() >= 10
+            assert [u for u, _ in sent if u.endswith("completions")][-1].endswith("/v1/completions")
+            assert not errors, errors
+            page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        finally:
+            browser.close()

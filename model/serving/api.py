@@ -5,7 +5,10 @@
     GET  /v1/models        the served models
     POST /v1/completions   OpenAI's legacy completions: prompt (string, strings, token ids), max_tokens,
                            temperature, top_p, top_k (extension), n, stop, seed, logprobs, echo, stream
-    POST /v1/attention     attention weights of a layer/head (or all of them) over a text, with its tokens
+    POST /v1/chat/completions  OpenAI's chat completions, for a model with the chat template: messages,
+                           the same sampling fields, logprobs + top_logprobs; the same engine and bounds
+    POST /v1/attention     attention weights of a layer/head (or all of them) over a text (or a
+                           conversation, for a chat model), with its tokens
     POST /v1/inspect/...   the "Inside" panel: logit lens, head scores, attention step by step, head
                            ablation, embeddings, parameters per head (model/serving/inspect_api.py)
 
@@ -38,6 +41,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
+from model.data.chat import check_messages, fit_history, prompt_ids, render, require_chat_tokenizer
+from model.data.tokenizer import ChatTokenizer
 from model.errors import TinyGPTError
 from model.sampling.generate import cut_to_vocabulary
 from model.serving.inspect_api import add_inspect_routes
@@ -64,6 +69,7 @@ class Limits:
     max_attention_tokens: int = 512  # Longest text whose attention is computed; a longer one is cut to its last this many tokens.
     max_attention_values: int = 4_000_000  # Most attention weights (layers x heads x tokens x tokens) in one reply.
     max_ablate_tokens: int = 1024  # Most tokens one head-ablation request scores (each head costs a pass over them).
+    max_messages: int = 256  # Most messages in one chat request.
 
 
 class APIError(Exception):
@@ -95,23 +101,29 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class CompletionRequest(Strict):
+class SamplingRequest(Strict):
+    """The fields /v1/completions and /v1/chat/completions share: which model, and how to sample."""
+
     model: str | None = Field(None, max_length=200, description="a served model's id (default: the first)")
-    prompt: Any = ""
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0)
-    echo: bool = False
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     user: str | None = Field(None, max_length=256)
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: Any = ""
+    max_tokens: int | None = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -119,9 +131,34 @@ class CompletionRequest(Strict):
         return check_prompt_shape(value, lists_of_ids=True)
 
 
+class ChatRequest(SamplingRequest):
+    """OpenAI's chat completions; max_tokens left out means up to the server's limit (and the context)."""
+
+    messages: Any = Field(..., description='the conversation: [{"role", "content"}, ...]')
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def check_messages(cls, value: Any) -> Any:
+        return checked_messages(value)
+
+
+def checked_messages(value: Any) -> list[dict[str, str]]:
+    """The messages, checked by the chat template's own rules; a ValueError (so a 422) says what is wrong."""
+    try:
+        return check_messages(value, "messages")
+    except TinyGPTError as e:
+        raise ValueError(str(e).removeprefix("messages: ")) from None
+
+
 class AttentionRequest(Strict):
+    """A text's attention weights: `prompt` (text or token ids) or, for a chat model, `messages` (a
+    conversation in the chat template, as the page's chat mode shows it)."""
+
     model: str | None = Field(None, max_length=200)
-    prompt: Any = Field(..., description="text, or a list of token ids")
+    prompt: Any = Field(None, description="text, or a list of token ids")
+    messages: Any = Field(None, description="a conversation, instead of a prompt (chat models)")
     layer: int | None = Field(None, ge=0)
     head: int | None = Field(None, ge=0)
 
@@ -129,6 +166,11 @@ class AttentionRequest(Strict):
     @classmethod
     def check_prompt(cls, value: Any) -> Any:
         return check_prompt_shape(value, lists_of_ids=False)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def check_messages(cls, value: Any) -> Any:
+        return checked_messages(value)
 
 
 def is_ids(value: Any) -> bool:
@@ -310,27 +352,35 @@ def create_app(served: list[ServedModel], limits: Limits | None = None, api_key:
         check_completion(body, [], m, limits)
         prompts = encode_prompts(m, body.prompt, limits)
         check_completion(body, prompts, m, limits)
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        block = m.model.config.block_size
-        max_tokens = body.max_tokens if body.max_tokens is not None else min(limits.max_tokens, block)
-        sampling = Sampling(max_tokens, body.temperature, body.top_k, body.top_p, stops, body.seed, body.logprobs)
+        sampling = sampling_of(body, m, limits, body.logprobs)
         echoed = await echo_parts(m, prompts, body) if body.echo else None
         job = Job([ids for ids, _ in prompts], body.n, sampling, asyncio.get_running_loop())
-        reply = Reply(m.id, job, prompts, body, echoed)
-        if max_tokens > 0:
-            try:
-                m.engine.submit(job)
-            except Busy as e:
-                raise APIError(429, f"the server is busy ({e}); retry shortly", code="busy", headers={"Retry-After": "1"})
-        if body.stream:
-            return StreamingResponse(reply.stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await reply.collect(request)
+        return await answer(m, CompletionReply(m.id, job, prompts, body, echoed), request)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat_completions(body: ChatRequest, request: Request):
+        m = pick(body.model)
+        tok = chat_tokenizer(m)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        check_sampling(body, 1, m, limits, top, "top_logprobs")
+        sampling = sampling_of(body, m, limits, top, end_tokens=(tok.end_id,))
+        ids = chat_prompt(m, body.messages, sampling.max_tokens, limits)
+        job = Job([ids], body.n, sampling, asyncio.get_running_loop())
+        return await answer(m, ChatReply(m.id, job, [(ids, "")], body), request)
 
     @app.post("/v1/attention", dependencies=[Depends(check_key)])
     async def attention(body: AttentionRequest) -> dict:
         m = pick(body.model)
-        (ids, _), = encode_prompts(m, body.prompt, limits)
+        if body.prompt is None and body.messages is None:
+            raise APIError(422, "'prompt' is required (or 'messages', a conversation, for a chat model)", "prompt")
+        if body.prompt is not None and body.messages is not None:
+            raise APIError(422, "give 'prompt' or 'messages', not both", "prompt")
+        if body.messages is not None:
+            ids = conversation_ids(m, body.messages, limits)
+        else:
+            (ids, _), = encode_prompts(m, body.prompt, limits)
         c = m.model.config
         for name, value, count in (("layer", body.layer, c.n_layer), ("head", body.head, c.n_head)):
             if value is not None and value >= count:
@@ -394,33 +444,99 @@ def encode_prompts(m: ServedModel, prompt: Any, limits: Limits) -> list[tuple[li
     return out
 
 
-def check_completion(body: CompletionRequest, prompts: list, m: ServedModel, limits: Limits) -> None:
+def stop_strings(body: SamplingRequest) -> list[str]:
+    return [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+
+
+def check_sampling(body: SamplingRequest, n_prompts: int, m: ServedModel, limits: Limits, top: int | None,
+                   top_param: str) -> None:
+    """The bounds every generating request keeps: max_tokens, n, the queue, stop strings, and `top`
+    alternatives per token (the request's `top_param`); a 400 naming the first one broken."""
+    stops = stop_strings(body)
     checks = [
         (body.max_tokens is not None and body.max_tokens > limits.max_tokens, "max_tokens",
          f"max_tokens is {body.max_tokens}, more than the limit of {limits.max_tokens}"),
         (body.n > limits.max_n, "n", f"n is {body.n}, more than the limit of {limits.max_n}"),
-        (len(prompts) * body.n > m.engine.max_waiting, "n",
-         f"{len(prompts)} prompt(s) x n={body.n} is more texts than the server queues ({m.engine.max_waiting})"),
-        (body.logprobs is not None and body.logprobs > limits.max_logprobs, "logprobs",
-         f"logprobs is {body.logprobs}, more than the limit of {limits.max_logprobs}"),
-        (body.logprobs is not None and body.logprobs > m.tok.vocab_size, "logprobs",
-         f"logprobs is {body.logprobs}, more than this model's vocabulary of {m.tok.vocab_size} tokens"),
+        (n_prompts * body.n > m.engine.max_waiting, "n",
+         f"{n_prompts} prompt(s) x n={body.n} is more texts than the server queues ({m.engine.max_waiting})"),
+        (top is not None and top > limits.max_logprobs, top_param,
+         f"{top_param} is {top}, more than the limit of {limits.max_logprobs}"),
+        (top is not None and top > m.tok.vocab_size, top_param,
+         f"{top_param} is {top}, more than this model's vocabulary of {m.tok.vocab_size} tokens"),
         (body.frequency_penalty != 0 or body.presence_penalty != 0, "frequency_penalty",
          "frequency_penalty and presence_penalty are not supported (only 0)"),
         (body.stream_options is not None and not body.stream, "stream_options", "stream_options needs stream: true"),
-    ]
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    checks += [
         (len(stops) > limits.max_stop, "stop", f"at most {limits.max_stop} stop strings, got {len(stops)}"),
         (any(not s for s in stops), "stop", "a stop string can't be empty"),
         (any(len(s) > limits.max_stop_chars for s in stops), "stop",
          f"a stop string is longer than {limits.max_stop_chars} characters"),
-        (body.echo and body.logprobs is not None and any(len(ids) > m.model.config.block_size for ids, _ in prompts),
-         "echo", f"echo with logprobs needs prompts of at most block_size={m.model.config.block_size} tokens"),
     ]
     for failed, param, message in checks:
         if failed:
             raise APIError(400, message, param)
+
+
+def check_completion(body: CompletionRequest, prompts: list, m: ServedModel, limits: Limits) -> None:
+    check_sampling(body, len(prompts), m, limits, body.logprobs, "logprobs")
+    if body.echo and body.logprobs is not None and any(len(ids) > m.model.config.block_size for ids, _ in prompts):
+        raise APIError(400, f"echo with logprobs needs prompts of at most block_size={m.model.config.block_size} tokens",
+                       "echo")
+
+
+def sampling_of(body: SamplingRequest, m: ServedModel, limits: Limits, top: int | None,
+                end_tokens: tuple[int, ...] = ()) -> Sampling:
+    """How the request's texts are sampled; max_tokens left out is the server's limit or the context, if less."""
+    block = m.model.config.block_size
+    max_tokens = body.max_tokens if body.max_tokens is not None else min(limits.max_tokens, block)
+    return Sampling(max_tokens, body.temperature, body.top_k, body.top_p, stop_strings(body), body.seed, top,
+                    end_tokens)
+
+
+async def answer(m: ServedModel, reply: Reply, request: Request):
+    """Queue the reply's job on the model's engine, then send the reply: streamed, or all at once."""
+    if reply.job.sampling.max_tokens > 0:
+        try:
+            m.engine.submit(reply.job)
+        except Busy as e:
+            raise APIError(429, f"the server is busy ({e}); retry shortly", code="busy", headers={"Retry-After": "1"})
+    if reply.body.stream:
+        return StreamingResponse(reply.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await reply.collect(request)
+
+
+def chat_tokenizer(m: ServedModel) -> ChatTokenizer:
+    """m's tokenizer if it has the chat template; else a 400 that says how to make a chat model."""
+    try:
+        return require_chat_tokenizer(m.tok, f"model '{m.id}'")
+    except TinyGPTError as e:
+        raise APIError(400, str(e), "model", "model_not_chat") from None
+
+
+def conversation_ids(m: ServedModel, messages: list[dict[str, str]], limits: Limits, reply: bool = False) -> list[int]:
+    """The conversation's token ids in m's chat template (with reply: then the start of an assistant
+    turn, what the model continues), bounded as a prompt is."""
+    tok = chat_tokenizer(m)
+    if len(messages) > limits.max_messages:
+        raise APIError(400, f"at most {limits.max_messages} messages per request, got {len(messages)}", "messages")
+    try:
+        ids = prompt_ids(tok, messages) if reply else render(tok, messages)[0]
+    except TinyGPTError as e:
+        raise APIError(400, f"messages: {e}", "messages") from None
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(400, f"the conversation is {len(ids)} tokens, more than the limit of {limits.max_prompt_tokens}",
+                       "messages", "context_length_exceeded")
+    return ids
+
+
+def chat_prompt(m: ServedModel, messages: list[dict[str, str]], max_tokens: int, limits: Limits) -> list[int]:
+    """What the model continues to write its reply: the conversation, without its oldest turns (a
+    system message stays) until it leaves max_tokens of the context for the reply, or half of it
+    when max_tokens asks for more (past the context, it slides as a completion's does)."""
+    conversation_ids(m, messages, limits, reply=True)  # bounds the whole conversation, so fitting it is cheap
+    block = m.model.config.block_size
+    room = max(block - max_tokens, block // 2)
+    return prompt_ids(m.tok, fit_history(m.tok, messages, room))
 
 
 async def echo_parts(m: ServedModel, prompts: list, body: CompletionRequest) -> list[tuple[str, list | None]]:
@@ -455,34 +571,55 @@ def logprobs_object(infos: list[TokenInfo | None], offsets: list[int], texts: li
     }
 
 
-class Reply:
-    """Builds a completion's reply from its job's events: all at once, or as server-sent events."""
+def text_bytes(text: str) -> list[int]:
+    """The UTF-8 bytes of a token's text as token_text writes it ('bytes:\\xe2\\x80' for part of a character)."""
+    if text.startswith("bytes:"):
+        return list(bytes.fromhex(text.removeprefix("bytes:").replace("\\x", "")))
+    return list(text.encode("utf-8"))
 
-    def __init__(self, model_id: str, job: Job, prompts: list, body: CompletionRequest, echoed: list | None):
-        self.model_id, self.job, self.body, self.echoed = model_id, job, body, echoed
-        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+
+def chat_logprob(info: TokenInfo) -> dict:
+    """OpenAI's chat logprobs entry for one token: its text, log-probability, bytes and alternatives."""
+    return {"token": info.text, "logprob": info.logprob, "bytes": text_bytes(info.text),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": text_bytes(t)} for t, lp in info.top]}
+
+
+class Reply:
+    """Builds a reply from its job's events: all at once (`collect`), or as server-sent events
+    (`stream`). The subclasses give the shape of a choice: a completion's text, or a chat message."""
+
+    object_name = "text_completion"
+    """The reply's "object" (a streamed chunk's is chunk_object)."""
+    chunk_object = "text_completion"
+    id_prefix = "cmpl-"
+
+    def __init__(self, model_id: str, job: Job, prompts: list, body: SamplingRequest):
+        self.model_id, self.job, self.body = model_id, job, body
+        self.id = f"{self.id_prefix}{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.n_choices = len(job.choices)
         self.prompt_tokens = sum(len(ids) for ids, _ in prompts)
-        self.echoed_chars = [0] * self.n_choices  # characters of echoed prompt, per choice: where text_offset starts
         self.tokens = [0] * self.n_choices
 
-    def echo_choice(self, index: int) -> dict:
-        text, extra = self.echoed[index // self.body.n]
-        logprobs = None
-        if extra is not None:
-            infos, texts = extra
-            offsets = list(accumulate((len(t) for t in texts[:-1]), initial=0))
-            logprobs = logprobs_object(infos, offsets, texts)
-        self.echoed_chars[index] = len(text)
-        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}
+    def opening(self, index: int) -> dict | None:
+        """The chunk choice a stream opens choice `index` with, if any."""
+        return None
 
-    def event_choice(self, event: Event) -> dict:
-        logprobs = None
-        if event.token is not None:
-            logprobs = logprobs_object([event.token], [self.echoed_chars[event.index] + event.token.offset])
+    def start(self, index: int) -> dict:
+        """Choice `index` of a collected reply before its events."""
+        raise NotImplementedError
+
+    def part(self, event: Event) -> dict:
+        """The chunk choice for an event."""
+        raise NotImplementedError
+
+    def merge(self, choice: dict, part: dict) -> None:
+        """Add an event's chunk choice to the collected choice."""
+        raise NotImplementedError
+
+    def count(self, event: Event) -> Event:
         self.tokens[event.index] += event.tokens
-        return {"text": event.text, "index": event.index, "logprobs": logprobs, "finish_reason": event.finish_reason}
+        return event
 
     def usage(self) -> dict:
         completion = sum(self.tokens)
@@ -491,7 +628,7 @@ class Reply:
 
     async def events(self):
         """The job's events until every choice has finished (or one failed)."""
-        if self.body.max_tokens == 0:
+        if self.job.sampling.max_tokens == 0:
             for index in range(self.n_choices):
                 yield Event(index, finish_reason="length", tokens=0)
             return
@@ -501,10 +638,10 @@ class Reply:
             if event.error is not None:
                 raise APIError(503 if "shutting down" in event.error else 500, event.error)
             finished += event.finish_reason is not None
-            yield event
+            yield self.count(event)
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        record = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_id,
+        record = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model_id,
                   "choices": choices}
         if usage is not None:
             record["usage"] = usage
@@ -512,12 +649,13 @@ class Reply:
 
     async def stream(self):
         try:
-            if self.echoed is not None:
-                for index in range(self.n_choices):
-                    yield self.chunk([self.echo_choice(index)])
+            for index in range(self.n_choices):
+                opening = self.opening(index)
+                if opening is not None:
+                    yield self.chunk([opening])
             try:
                 async for event in self.events():
-                    yield self.chunk([self.event_choice(event)])
+                    yield self.chunk([self.part(event)])
             except APIError as e:
                 yield f"data: {json.dumps({'error': {'message': e.message, 'type': 'server_error'}})}\n\n"
             if self.body.stream_options is not None and self.body.stream_options.include_usage:
@@ -527,22 +665,11 @@ class Reply:
             self.job.cancel()  # the client went away, or everything is sent: stop generating either way
 
     async def collect(self, request: Request):
-        choices = [{"text": "", "index": i, "logprobs": None, "finish_reason": None} for i in range(self.n_choices)]
-        if self.echoed is not None:
-            for index in range(self.n_choices):
-                choices[index] = self.echo_choice(index)
+        choices = [self.start(index) for index in range(self.n_choices)]
 
         async def gather():
             async for event in self.events():
-                part = self.event_choice(event)
-                choice = choices[event.index]
-                choice["text"] += part["text"]
-                choice["finish_reason"] = part["finish_reason"]
-                if part["logprobs"] is not None:
-                    if choice["logprobs"] is None:
-                        choice["logprobs"] = {key: [] for key in part["logprobs"]}
-                    for key, values in part["logprobs"].items():
-                        choice["logprobs"][key] += values
+                self.merge(choices[event.index], self.part(event))
 
         task = asyncio.ensure_future(gather())
         try:
@@ -556,6 +683,79 @@ class Reply:
             self.job.cancel()
             if not task.done():
                 task.cancel()
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_id,
+        return {"id": self.id, "object": self.object_name, "created": self.created, "model": self.model_id,
                 "choices": choices, "usage": self.usage()}
 
+
+class CompletionReply(Reply):
+    """/v1/completions' reply: each choice's text, with OpenAI's legacy logprobs (and the echoed prompt)."""
+
+    def __init__(self, model_id: str, job: Job, prompts: list, body: CompletionRequest, echoed: list | None):
+        super().__init__(model_id, job, prompts, body)
+        self.echoed = echoed
+        self.echoed_chars = [0] * self.n_choices  # characters of echoed prompt, per choice: where text_offset starts
+
+    def echo_choice(self, index: int) -> dict:
+        text, extra = self.echoed[index // self.body.n]
+        logprobs = None
+        if extra is not None:
+            infos, texts = extra
+            offsets = list(accumulate((len(t) for t in texts[:-1]), initial=0))
+            logprobs = logprobs_object(infos, offsets, texts)
+        self.echoed_chars[index] = len(text)
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}
+
+    def opening(self, index: int) -> dict | None:
+        return self.echo_choice(index) if self.echoed is not None else None
+
+    def start(self, index: int) -> dict:
+        if self.echoed is not None:
+            return self.echo_choice(index)
+        return {"text": "", "index": index, "logprobs": None, "finish_reason": None}
+
+    def part(self, event: Event) -> dict:
+        logprobs = None
+        if event.token is not None:
+            logprobs = logprobs_object([event.token], [self.echoed_chars[event.index] + event.token.offset])
+        return {"text": event.text, "index": event.index, "logprobs": logprobs, "finish_reason": event.finish_reason}
+
+    def merge(self, choice: dict, part: dict) -> None:
+        choice["text"] += part["text"]
+        choice["finish_reason"] = part["finish_reason"]
+        if part["logprobs"] is not None:
+            if choice["logprobs"] is None:
+                choice["logprobs"] = {key: [] for key in part["logprobs"]}
+            for key, values in part["logprobs"].items():
+                choice["logprobs"][key] += values
+
+
+class ChatReply(Reply):
+    """/v1/chat/completions' reply: each choice an assistant message (streamed as deltas, the first
+    one naming the role), with OpenAI's chat logprobs. The end-of-turn token that ends a reply is not
+    part of its content, nor of its logprobs."""
+
+    object_name = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+
+    def opening(self, index: int) -> dict | None:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def start(self, index: int) -> dict:
+        logprobs = {"content": []} if self.body.logprobs else None
+        return {"index": index, "message": {"role": "assistant", "content": ""}, "logprobs": logprobs,
+                "finish_reason": None}
+
+    def part(self, event: Event) -> dict:
+        logprobs = None
+        if event.token is not None:
+            content = [] if event.token.id in self.job.sampling.end_tokens else [chat_logprob(event.token)]
+            logprobs = {"content": content}
+        delta = {"content": event.text} if event.text else {}
+        return {"index": event.index, "delta": delta, "logprobs": logprobs, "finish_reason": event.finish_reason}
+
+    def merge(self, choice: dict, part: dict) -> None:
+        choice["message"]["content"] += part["delta"].get("content", "")
+        choice["finish_reason"] = part["finish_reason"]
+        if part["logprobs"] is not None:
+            choice["logprobs"]["content"] += part["logprobs"]["content"]

@@ -5,7 +5,7 @@ join the running batch (model/sampling/batch.py) at the next step, up to `max_ba
 step samples one token per text, with that text's own temperature / top-k / top-p and random
 generator, over the tokenizer's ids only (a padded vocabulary's extra rows are no token), and hands
 the new text to its request as an Event, on the request's event loop. A text leaves the batch when it
-ends (a stop string, the end-of-text token, max_tokens) or when its request is cancelled (the client
+ends (a stop string, the end-of-text token or one of its request's end tokens, max_tokens) or when its request is cancelled (the client
 went away). Other model work (loading, attention maps, the prompt's log-probabilities) runs on the
 same thread between steps, so nothing else competes for the cores mid-step.
 
@@ -71,6 +71,9 @@ class Sampling:
     """Text j of a request samples with seed + j; None draws a fresh seed."""
     logprobs: int | None = None
     """Report each token's log-probability and this many top alternatives (None: none)."""
+    end_tokens: tuple[int, ...] = ()
+    """Token ids that end a text as the end-of-text token does (finish_reason "stop", no text): a
+    chat reply's end-of-turn token."""
 
 
 @dataclass
@@ -351,7 +354,7 @@ class Engine:
             logprobs, top = top_logprobs(self.tok, logits, s.logprobs)
             info = TokenInfo(token, token_text(self.tok, token), float(logprobs[token]), top, choice.chars)
         choice.generated += 1
-        end_of_text = token == self.tok.eot_token
+        end_of_text = token == self.tok.eot_token or token in s.end_tokens
         decoded = "" if end_of_text else choice.decoder.push([token])
         choice.chars += len(decoded)
         text = choice.stopper.push(decoded)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import BEST, LATEST
+from model.data.tokenizer import ChatTokenizer
 from model.device import resolve_inference_dtype
 from model.errors import TinyGPTError
 from model.nn.gpt import GPT
@@ -41,15 +42,18 @@ class ServedModel:
     created: int
 
     def describe(self) -> dict:
-        """The OpenAI model object, with the model's shape under "tinygpt" (the page uses it)."""
+        """The OpenAI model object, with the model's shape under "tinygpt" (the page uses it); "chat"
+        says whether /v1/chat/completions can talk to it (its tokenizer has the chat template's tokens)."""
         c = self.model.config
-        tokenizer = self.tok.to_meta()
+        chat = isinstance(self.tok, ChatTokenizer)
+        tokenizer = self.tok.base.to_meta() if chat else self.tok.to_meta()
         return {
             "id": self.id, "object": "model", "created": self.created, "owned_by": "tinygpt",
             "tinygpt": {
                 "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.block_size,
                 "vocab_size": c.vocab_size, "parameters": self.model.num_params(),
                 "tokenizer": tokenizer["kind"] if tokenizer["kind"] == "char" else tokenizer.get("name", "bpe"),
+                "chat": chat,
             },
         }
 
