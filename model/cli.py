@@ -168,15 +168,10 @@ def load_for_inference(source: ModelSource, args: argparse.Namespace) -> tuple:
     return model, tok, device, resolve_inference_dtype(args.dtype, model)
 
 
-@guarded
-def sample_main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(description="Sample text from a trained checkpoint or a GPT-2 model.")
-    add_model_flags(parser)
-    parser.add_argument("--start", default=None,
-                        help="prompt text, or FILE:path to read it from a file (default: a newline, or the "
-                        "vocabulary's first token if it has none)")
-    parser.add_argument("--num_samples", type=int, default=10, help="samples of the prompt, generated as one batch")
-    parser.add_argument("--max_new_tokens", type=int, default=500)
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 500) -> None:
+    """The sampling options sample.py and model.chat share (check them with check_sampling_flags),
+    with --device, --dtype and --c_decode."""
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--top_k", type=int, default=200, help="keep only the k most likely tokens (0: all)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
@@ -187,14 +182,12 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c_decode", type=parse_bool, default=True,
                         help="on a CPU, decode one sample's tokens in C (model/kernels/decode.py; built once with "
                         "the system C compiler, a few seconds); False keeps PyTorch's ops")
-    parser.add_argument("--compile", type=parse_bool, default=None, help=argparse.SUPPRESS)  # old name of --c_decode
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.compile is not None:
-        print("warning: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
-        args.c_decode = args.compile
-    if args.num_samples < 1 or args.max_new_tokens < 0:
-        raise TinyGPTError("--num_samples must be >= 1 and --max_new_tokens >= 0")
+
+
+def check_sampling_flags(args: argparse.Namespace) -> None:
+    """One clear error for a sampling option add_sampling_flags defines with an impossible value."""
+    if args.max_new_tokens < 0:
+        raise TinyGPTError(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}")
     if not 0 <= args.temperature < math.inf:
         raise TinyGPTError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
     if args.top_k < 0:
@@ -202,6 +195,26 @@ def sample_main(argv: list[str] | None = None) -> int:
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise TinyGPTError(f"--top_p must be in (0, 1], got {args.top_p}")
     check_seed("--seed", args.seed)
+
+
+@guarded
+def sample_main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(description="Sample text from a trained checkpoint or a GPT-2 model.")
+    add_model_flags(parser)
+    parser.add_argument("--start", default=None,
+                        help="prompt text, or FILE:path to read it from a file (default: a newline, or the "
+                        "vocabulary's first token if it has none)")
+    parser.add_argument("--num_samples", type=int, default=10, help="samples of the prompt, generated as one batch")
+    add_sampling_flags(parser)
+    parser.add_argument("--compile", type=parse_bool, default=None, help=argparse.SUPPRESS)  # old name of --c_decode
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compile is not None:
+        print("warning: sample.py --compile is deprecated and will be removed; use --c_decode", file=sys.stderr)
+        args.c_decode = args.compile
+    if args.num_samples < 1:
+        raise TinyGPTError(f"--num_samples must be >= 1, got {args.num_samples}")
+    check_sampling_flags(args)
     source = named_model(args)
 
     from model.sampling.generate import generate_text, prepare_for_sampling
@@ -237,6 +250,67 @@ def sample_main(argv: list[str] | None = None) -> int:
             texts[row] += text
         sys.stdout.write("".join(text + separator for text in texts))
     sys.stdout.flush()
+    return 0
+
+
+CHAT_EPILOG = """In the chat, /reset clears the history (the system prompt stays), /system TEXT sets the
+system prompt, /quit, Ctrl-D or Ctrl-C ends. Replies stream as they are generated and end at the
+model's end-of-turn token; the oldest turns are left out when the history outgrows the context."""
+
+
+@guarded
+def chat_main(argv: list[str] | None = None) -> int:
+    """`python -m model.chat MODEL`: chat with a chat model in the terminal, or answer one --start message."""
+    parser = OneLineArgumentParser(prog="python -m model.chat", epilog=CHAT_EPILOG,
+                                   description="Chat with a model fine-tuned on conversations.")
+    add_model_flags(parser)
+    parser.add_argument("--start", default=None,
+                        help="answer this message (or FILE:path, read from a file), print just the reply and exit")
+    parser.add_argument("--system", default=None, help="the system prompt, or FILE:path to read it from a file")
+    add_sampling_flags(parser, max_new_tokens=256)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    check_sampling_flags(args)
+    source = named_model(args)
+    start = read_prompt(args.start) if args.start is not None else None
+    if start is not None and not start.strip():
+        raise TinyGPTError("the --start message is empty; pass some text")
+    system = read_prompt(args.system) if args.system is not None else None
+
+    from model.data.chat import require_chat_tokenizer
+    from model.sampling.chat import HELP, ChatSession, SamplingOptions, chat_loop
+    from model.sampling.generate import prepare_for_sampling
+    from model.training.memory import check_sampling_fits
+
+    model, tok, device, dtype = load_for_inference(source, args)
+    tok = require_chat_tokenizer(tok, source.name)
+    prepare_for_sampling(model, dtype, c_decode=args.c_decode)
+    check_sampling_fits(model.config, 1, model.config.block_size, args.max_new_tokens, str(device), dtype)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.stop, args.seed)
+    session = ChatSession(model, tok, options, system)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if start is not None:
+        session.reply(start, write)
+        write("\n")
+        return 0
+    interactive = sys.stdin.isatty()
+
+    def read() -> str | None:
+        if interactive:
+            try:
+                return input("> ")
+            except EOFError:
+                write("\n")
+                return None
+        line = sys.stdin.readline()
+        return line if line else None
+
+    if interactive:
+        print(f"chatting with {source.name}; {HELP}", file=sys.stderr)
+    chat_loop(session, read, write, lambda text: print(text, file=sys.stderr))
     return 0
 
 
@@ -276,6 +350,9 @@ def prepare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="shakespeare_char",
                         help=f"dataset folder name; known: {', '.join([*data.KNOWN_DATASETS, *hf_presets()])}")
     parser.add_argument("--input", default=None, help="local UTF-8 text file (skips downloading)")
+    parser.add_argument("--format", default=None, choices=("text", "chat"),
+                        help="'chat': --input is JSON Lines, one {\"messages\": [...]} conversation per line "
+                        f"(docs/chat.md); the default for --dataset={data.CHAT_EXAMPLE}, the shipped example")
     parser.add_argument("--url", default=None, help="download the text from this URL")
     parser.add_argument("--synthetic", default=None, choices=synthetic_corpora(),
                         help="generate the text instead: 'repeats' (random letters, each line twice: an induction "
@@ -290,7 +367,16 @@ def prepare_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.synthetic and (args.input or args.url or args.hf_dataset):
         raise TinyGPTError("--synthetic generates the text: it takes no --input, --url or --hf_dataset")
-    if args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url and not args.synthetic):
+    chat = args.format == "chat" or (args.format is None and args.dataset == data.CHAT_EXAMPLE)
+    if chat and (args.url or args.synthetic or args.hf_dataset):
+        raise TinyGPTError("--format=chat reads conversations from --input=FILE.jsonl: it takes no --url, --synthetic or --hf_dataset")
+    if chat:
+        meta = data.prepare_chat(args.dataset, args.data_dir, args.input, args.tokenizer, args.quiet, args.vocab_size)
+        counts = meta["chat"]
+        print(f"{args.data_dir}/{args.dataset}: {counts['train_conversations']:,} train and "
+              f"{counts['val_conversations']:,} val conversations ({counts['train_targets']:,} and "
+              f"{counts['val_targets']:,} reply tokens in the loss)")
+    elif args.hf_dataset or (args.dataset in hf_presets() and not args.input and not args.url and not args.synthetic):
         meta = prepare_hf_from_args(args)
     else:
         meta = data.prepare(args.dataset, args.data_dir, args.input, args.url, args.tokenizer, quiet=args.quiet,
@@ -422,7 +508,8 @@ def hf_main(argv: list[str] | None = None) -> int:
         prog="python -m model.hf", description="Export a model as a Hugging Face transformers GPT-2 folder."
     )
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("dest", metavar="DEST", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json")
+    parser.add_argument("dest", metavar="DEST", help="folder for config.json, model.safetensors and tinygpt_tokenizer.json "
+                        "(and, for a learned BPE or a chat model, tokenizer.json and tokenizer_config.json)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.dest.strip():
         raise TinyGPTError("the destination folder is empty; name the folder to export into")
@@ -433,8 +520,12 @@ def hf_main(argv: list[str] | None = None) -> int:
                            f"export into another folder, e.g. {args.dest.rstrip('/')}-hf")
     model, tok = load_any_model(args.model)
     folder = save_pretrained(model, args.dest, tok)
+    from model.data.tokenizer import BPE_FILE, ChatTokenizer
+
+    tokenizer = f" and AutoTokenizer.from_pretrained('{folder}')" if (folder / BPE_FILE).is_file() else ""
+    chat = " (its chat template: apply_chat_template)" if isinstance(tok, ChatTokenizer) else ""
     print(f"wrote {folder} ({model.num_params() / 1e6:.2f}M parameters): load it with "
-          f"GPT2LMHeadModel.from_pretrained('{folder}'), or sample.py {folder}")
+          f"GPT2LMHeadModel.from_pretrained('{folder}'){tokenizer}{chat}, or sample.py {folder}")
     return 0
 
 
@@ -516,14 +607,18 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     parser = OneLineArgumentParser(
         prog="python -m model.eval",
-        description="Evaluate a model: loss and bits per byte over a text, or multiple-choice accuracy.",
+        description="Evaluate a model: loss and bits per byte over a text, multiple-choice accuracy, or a chat "
+        "model's replies.",
     )
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--text", help="a UTF-8 text file: loss and bits per byte over every token")
     task.add_argument("--dataset", help="a prepared dataset's name: loss and bits per byte over its validation split")
     task.add_argument("--hellaswag", help="multiple-choice items in HellaSwag's jsonl format (ctx, endings, label)")
-    parser.add_argument("--data_dir", default="data", help="where --dataset is prepared")
+    task.add_argument("--chat", metavar="FILE.jsonl|DATASET",
+                      help="conversations ({\"messages\": [...]} per line), or a chat dataset's name (its val.jsonl): "
+                      "exact match of each final reply generated greedily, and the reference replies' loss and bits per byte")
+    parser.add_argument("--data_dir", default="data", help="where --dataset and --chat=DATASET are prepared")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
     add_inference_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
@@ -534,13 +629,28 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     from model.sources import resolve_model
 
-    model, tok, device, dtype = load_for_inference(resolve_model(args.model), args)
+    source = resolve_model(args.model)
+    if args.chat:
+        from model.evaluation.chat import read_chat_items
+
+        chat_file, chat_items = read_chat_items(args.chat, args.data_dir)  # a bad file is refused before loading
+    model, tok, device, dtype = load_for_inference(source, args)
     model.to(dtype)
     from model.training.memory import evaluation_batch_that_fits
 
     warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
     args.batch_size = evaluation_batch_that_fits(model.config, args.batch_size, str(device), dtype, warn)
-    if args.hellaswag:
+    if args.chat:
+        from model.data.chat import require_chat_tokenizer
+        from model.evaluation.chat import score_chat
+
+        tok = require_chat_tokenizer(tok, source.name)
+        result = {"chat": score_chat(model, tok, chat_items, args.batch_size, device, args.quiet)}
+        summary = result["chat"]
+        line = (f"{chat_file}: exact match {summary['exact_match']:.4f} over {summary['n']} conversations; replies' "
+                f"loss {summary['loss']:.4f} nats/token, {summary['bpb']:.4f} bits/byte "
+                f"({summary['tokens']:,} tokens, {summary['bytes']:,} bytes)")
+    elif args.hellaswag:
         from model.evaluation.multiple_choice import read_items, score_items
 
         result = {"hellaswag": score_items(model, tok, read_items(args.hellaswag), args.batch_size, device, args.quiet)}

@@ -1,4 +1,4 @@
-"""`python -m model.eval MODEL --text=FILE | --dataset=NAME | --hellaswag=FILE [--json]`: evaluate a model."""
+"""`python -m model.eval MODEL --text=FILE | --dataset=NAME | --hellaswag=FILE | --chat=FILE [--json]`: evaluate a model."""
 
 from model.cli import eval_main
 

@@ -2,7 +2,7 @@
 
 Each page's ```bash, ```sh and ```python blocks (and the unlabelled blocks of commands) run in order
 in one fresh working folder that holds what a user's clone holds (train.py, sample.py, configs/,
-data/prepare.py), a small `my.txt`, and the runs the docs assume have been trained (`out`,
+data/prepare.py), a small `my.txt` and `mychat.jsonl`, and the runs the docs assume have been trained (`out`,
 `out-shakespeare-char-cpu`, both tiny). Training and sampling get tiny step counts appended (the
 last `--key=value` wins), `python -m model.serve` starts in the background on a free port for the
 page's `curl` lines, and the commands that can't run here are skipped by the rules in SKIP, each
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, shakespeare_path
+from model.data.chat import conversations_jsonl
 
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "dev-log.md")]
 RUNNABLE = {"bash", "sh", "python", ""}
@@ -142,6 +143,10 @@ class Workspace:
         (folder / "data").mkdir()
         (folder / "data" / "prepare.py").symlink_to(ROOT / "data" / "prepare.py")
         (folder / "my.txt").write_text(Path(shakespeare_path()).read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+        (folder / "mychat.jsonl").write_text(conversations_jsonl(
+            [[{"role": "user", "content": f"Say {word}"}, {"role": "assistant", "content": word}]
+             for word in ("yes", "no", "maybe", "never", "always", "soon", "later", "now", "then", "here")]),
+            encoding="utf-8")
         for name in ("out", "out-shakespeare-char-cpu"):
             shutil.copytree(trained_run, folder / name)
         save_random_gpt2(folder / "path" / "to" / "saved_gpt2")

@@ -23,7 +23,8 @@ LAYERS = [  # (layer, level, module prefixes): a module imports from its own lay
     ("data", 2, ["model.data", "model.checkpoint", "model.huggingface", "model.fused", "model.sources"]),
     ("workflows", 3, ["model.training", "model.sampling", "model.serving", "model.evaluation"]),
     ("programs", 4, ["model.tools", "model.cli", "model.bench", "model.report", "model.runs", "model.hf",
-                     "model.visualize", "model.attention", "model.serve", "model.eval", "model.inspect", "model.sweep"]),
+                     "model.visualize", "model.attention", "model.serve", "model.eval", "model.inspect", "model.sweep",
+                     "model.chat"]),
 ]
 
 

@@ -69,13 +69,13 @@ def request(tok, ctx: str, continuation: str, block_size: int) -> tuple[list[int
 
 @torch.no_grad()
 def loglikelihoods(model: GPT, requests: list[tuple[list[int], int]], batch_size: int, device: str,
-                   quiet: bool = False) -> list[float]:
+                   quiet: bool = False, desc: str = "multiple choice") -> list[float]:
     """For each (tokens, n) the summed log-likelihood of the last n tokens given the ones before them.
     Requests run longest first, batch_size at a time, right-padded (causal attention never looks right)."""
     model.eval()
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
     out = [0.0] * len(requests)
-    for start in progress(range(0, len(order), batch_size), desc="multiple choice", unit="batch", quiet=quiet):
+    for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch", quiet=quiet):
         batch = order[start : start + batch_size]
         T = max(len(requests[i][0]) for i in batch) - 1
         x = torch.zeros(len(batch), T, dtype=torch.long)

@@ -19,7 +19,7 @@ real token, so every row gets the same tokens as it would alone.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -220,10 +220,12 @@ def generate_text(
     stop: Sequence[str] = (),
     seed: int | None = None,
     use_cache: bool = True,
+    stop_tokens: Collection[int] = (),
 ) -> Iterator[tuple[int, str]]:
     """Yield (row, text) pieces of each prompt's continuation as its tokens arrive, decoding with
-    tokenizer `tok`. A row ends at its first stop string (left out of the text); generation ends
-    when every row has, or after max_new_tokens. The same seed gives the same text."""
+    tokenizer `tok`. A row ends at its first stop string (left out of the text) or at its first token
+    in `stop_tokens` (e.g. a chat model's end-of-turn token, also left out); generation ends when
+    every row has, or after max_new_tokens. The same seed gives the same text."""
     from model.data.tokenizer import StreamDecoder
 
     device = model.lm_head.weight.device
@@ -237,7 +239,11 @@ def generate_text(
     tokens = generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, use_cache, tok.vocab_size)
     for next_ids in tokens:
         for row, token in enumerate(next_ids.tolist()):
-            text = stoppers[row].push(decoders[row].push([token]))
+            if token in stop_tokens and not stoppers[row].stopped:  # the row ends here: out with what it held
+                text = stoppers[row].push(decoders[row].flush()) + stoppers[row].flush()
+                stoppers[row].stopped = True
+            else:
+                text = stoppers[row].push(decoders[row].push([token]))
             if text:
                 yield row, text
         if all(s.stopped for s in stoppers):
