@@ -701,10 +701,11 @@ def serve_main(argv: list[str] | None = None) -> int:
         "max_n": "most texts per prompt (n)", "max_logprobs": "most alternatives reported per token",
         "max_body_bytes": "largest request body", "max_attention_tokens": "longest text for the attention view",
         "max_ablate_tokens": "most tokens one head-ablation request (Inside panel) scores",
+        "max_messages": "most messages in one chat request",
     }
     parser = OneLineArgumentParser(
         prog="python -m model.serve", epilog=SERVE_EPILOG,
-        description="Serve trained models: a playground page and an OpenAI-compatible completions API.",
+        description="Serve trained models: a playground page and an OpenAI-compatible completions and chat API.",
     )
     parser.add_argument("models", nargs="*", metavar="MODEL", help=f"{MODEL_HELP} (default: --out_dir={DEFAULT_OUT_DIR})")
     parser.add_argument("--out_dir", action="append", default=[],
@@ -734,7 +735,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
-                 "max_attention_tokens", "max_ablate_tokens"):
+                 "max_attention_tokens", "max_ablate_tokens", "max_messages"):
         if getattr(args, name) < 1:
             raise TinyGPTError(f"--{name} must be at least 1")
     if args.max_logprobs < 0 or not 0 < args.port < 65536:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.cli import guarded, runs_main, sample_main, train_main, visualize_main
+from model.cli import chat_main, guarded, runs_main, sample_main, train_main, visualize_main
 from model.config import GPTConfig, TrainConfig, config_fields, describe_keys
 from model.training.signals import GracefulStop
 
@@ -33,6 +33,7 @@ def exit_status(main, argv: list[str]) -> int:
     (sample_main, ["--num_smaples", "3"], "'--num_samples'"),
     (runs_main, ["compare", "a", "--metrc=val_bpb"], "'--metric'"),
     (visualize_main, ["--haed=1"], "'--head'"),
+    (chat_main, ["--tempreture=0.5"], "'--temperature'"),
     (train_main, ["--max_iter=5"], "'max_iters'"),  # a config key: the same name in a file
 ])
 def test_a_mistyped_flag_gets_a_did_you_mean(capsys, main, argv, suggestion):
