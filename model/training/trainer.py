@@ -251,6 +251,8 @@ class Trainer:
         self.guard = nonfinite.StepGuard(self.device, self.dtype, c.on_nan)
         self.batches = data.BatchLoader(self.dataset, "train", c.batch_size, self.model_config.block_size,
                                         self.batch_generator, self.device, self.dist.rank, self.dist.world_size)
+        self.tokens_since_log = 0
+        """Tokens trained on, all ranks together, since the last log line (for its tokens/s)."""
 
     def _restore_training_state(self, resume: dict[str, Any]) -> None:
         """Where the checkpointed run left off: optimizer state, iteration, best validation loss, the
@@ -341,6 +343,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro_step in range(c.gradient_accumulation_steps):
             x, y = self.batches.next()
+            self.tokens_since_log += x.numel() * self.dist.world_size  # a chat batch is as wide as it needs
             with self.dist.gradient_sync(self.wrapped_model, micro_step == c.gradient_accumulation_steps - 1):
                 with self.ctx:
                     _, loss = self.step_model(x, y)
@@ -432,22 +435,20 @@ class Trainer:
             self.logger.finish()
             self.dist.close()
             return {"iter_num": self.iter_num, "full_val_loss": loss}
-        global_batch = c.batch_size * c.gradient_accumulation_steps * self.dist.world_size
-        tokens_per_iter = global_batch * self.model_config.block_size
         start_iter = self.iter_num
         hide_bar = self.quiet or not self.dist.is_master
         bar = self.bar = tqdm(total=c.max_iters, initial=start_iter, disable=True if hide_bar else None, unit="it",
                               dynamic_ncols=True, leave=False)
         t_start = t_last = self.t_start = time.time()
-        iters_since_log = 0
+        iters_since_log = self.tokens_since_log = 0
         self.model.train()
         while self.iter_num < c.max_iters:
             if self.iter_num % c.eval_interval == 0 and not (self.iter_num == start_iter and start_iter > 0):
                 self.eval_and_checkpoint()
-                t_last, iters_since_log = time.time(), 0  # don't count evaluation time in tokens/s
+                t_last, iters_since_log, self.tokens_since_log = time.time(), 0, 0  # don't count evaluation time in tokens/s
             if c.full_eval_interval and self.iter_num % c.full_eval_interval == 0 and self.iter_num > start_iter:
                 self.report_full_val()
-                t_last, iters_since_log = time.time(), 0
+                t_last, iters_since_log, self.tokens_since_log = time.time(), 0, 0
             lr = learning_rate(self.iter_num, c)
             loss, grad_norm = self.train_step(lr)
             self.iter_num += 1
@@ -460,9 +461,9 @@ class Trainer:
                 loss, grad_norm = float(loss), float(grad_norm)
                 self.guard.check(self.echo)
                 now = time.time()
+                tokens_per_sec = self.tokens_since_log / max(now - t_last, 1e-9)
                 dt, t_last = (now - t_last) / iters_since_log, now  # seconds per iteration since the last log
-                iters_since_log = 0
-                tokens_per_sec = tokens_per_iter / max(dt, 1e-9)
+                iters_since_log = self.tokens_since_log = 0
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
                 self.echo(f"iter {self.iter_num}: loss {loss:.4f}, time {dt * 1000:.1f}ms, lr {lr:.2e}, {tokens_per_sec:,.0f} tok/s")
                 self.logger.log({"iter": self.iter_num, "loss": loss, "lr": lr, "grad_norm": grad_norm,
