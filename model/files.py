@@ -129,6 +129,23 @@ def read_user_text(path: str | Path, what: str = "file") -> str:
         raise TinyGPTError(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
+def read_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a JSON Lines file the user named, parsed, with "FILE:LINE" to name it in
+    errors; a line that is not UTF-8 or not JSON is refused in one line naming it."""
+    for number, line in enumerate(read_user_file(path, what).split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TinyGPTError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})") from None
+        if not text.strip():
+            continue
+        try:
+            yield where, json.loads(text)
+        except ValueError as e:
+            raise TinyGPTError(f"{where}: not valid JSON ({e})") from None
+
+
 def write_json(path: str | Path, value: Any) -> None:
     """`value` as indented JSON, written atomically."""
     atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
@@ -55,6 +57,20 @@ def make_hf_folder(folder: Path, seed: int = 0) -> Path:
         model.transformer.wte.weight.normal_(std=0.5)  # peaky next-token distributions
     model.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def server_errors():
+    """The error records the server's log ("tinygpt.serve") receives while the block runs, as a list."""
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    logger = logging.getLogger("tinygpt.serve")
+    logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        logger.removeHandler(handler)
 
 
 def free_port() -> int:

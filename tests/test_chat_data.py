@@ -140,7 +140,7 @@ def test_the_shipped_example_is_deterministic_and_never_asks_a_validation_questi
 def test_every_phrasing_is_recognised_and_subtraction_keeps_its_order():
     from model.data.chat_example import ANSWERS
 
-    assert asked("Subtract 30 from 12.") == ("sub", "12", "30") and ANSWERS["sub"]("12", "30") == "-18"
+    assert asked("Subtract 30 from 12.") == ("sub", "12", "30") and ANSWERS["sub"]("12", "30") == "12 - 30 = -18"
     assert asked("Spell lord backwards.") == ("reverse", "lord", "") and ANSWERS["sort"]("lord", "") == "dlor"
 
 

@@ -279,18 +279,12 @@ def test_conversations_are_bounded(runs):
 @pytest.fixture(scope="module")
 def property_client(runs):
     """The chat model served with tight limits (cheap requests), and the errors the server logs."""
-    import logging
+    from serving_helpers import server_errors
 
     app, _ = serve([runs[0]], max_batch=4, max_waiting=16, max_tokens=16, max_n=2, max_prompt_tokens=64,
                    max_messages=8)
-    errors: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = errors.append
-    logger = logging.getLogger("tinygpt.serve")
-    logger.addHandler(handler)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with server_errors() as errors, TestClient(app, raise_server_exceptions=False) as client:
         yield client, errors
-    logger.removeHandler(handler)
 
 
 @pytest.mark.slow

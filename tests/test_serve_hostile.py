@@ -25,7 +25,7 @@ from helpers import CHARS  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.sampling.generate import generate_text  # noqa: E402
 from serving_helpers import (  # noqa: E402
-    PROMPT, LiveServer, ServeCommand, complete, expect_error, make_run, serve, wait_until,
+    PROMPT, LiveServer, ServeCommand, complete, expect_error, make_run, serve, server_errors, wait_until,
 )
 
 
@@ -358,19 +358,13 @@ def property_server(padded_run):
     cheap, and a handler that keeps every error its log records."""
     app, _ = serve([padded_run], max_batch=4, max_waiting=16, max_tokens=16, max_n=2, max_prompts=2,
                    max_prompt_tokens=48, max_attention_tokens=32)
-    errors: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = errors.append
-    logger = logging.getLogger("tinygpt.serve")
-    logger.addHandler(handler)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with server_errors() as errors, TestClient(app, raise_server_exceptions=False) as client:
         endpoints = []  # (method, path, its JSON body's fields)
         for route in app.routes:
             body = getattr(route, "body_field", None)
             fields = sorted(getattr(body.field_info.annotation, "model_fields", {})) if body is not None else []
             endpoints += [(method, route.path, fields) for method in sorted(getattr(route, "methods", ()))]
         yield client, endpoints, errors
-    logger.removeHandler(handler)
 
 
 @pytest.mark.slow

@@ -116,24 +116,10 @@ def check_messages(messages: Any, where: str) -> list[Message]:
 
 def read_conversations(path: str | Path) -> list[list[Message]]:
     """Every conversation of a JSON Lines file, one per non-blank line, checked."""
-    from model.files import read_user_file
+    from model.files import read_jsonl
 
     path = Path(path)
-    raw = read_user_file(path, "chat file")
-    conversations = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TinyGPTError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})") from None
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except ValueError as e:
-            raise TinyGPTError(f"{where}: not valid JSON ({e})") from None
-        conversations.append(check_conversation(value, where))
+    conversations = [check_conversation(value, where) for where, value in read_jsonl(path, "chat file")]
     if not conversations:
         raise TinyGPTError(f"{path} holds no conversations (one JSON object per line)")
     return conversations

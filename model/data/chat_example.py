@@ -41,8 +41,10 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
              "What are the letters of {a} in sorted order?"),
 }
 ANSWERS: dict[str, Callable[[int | str, int | str], str]] = {
-    "add": lambda a, b: str(int(a) + int(b)),
-    "sub": lambda a, b: str(int(a) - int(b)),
+    # a sum is answered as an equation: the digits it adds sit at the same places before every result,
+    # whichever way the question put them, which a small model learns far sooner
+    "add": lambda a, b: f"{a} + {b} = {int(a) + int(b)}",
+    "sub": lambda a, b: f"{a} - {b} = {int(a) - int(b)}",
     "reverse": lambda a, b: str(a)[::-1],
     "sort": lambda a, b: "".join(sorted(str(a))),
 }

@@ -10,7 +10,6 @@ keeps its last block_size + 1 tokens (the context is cut from the left).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from model.data import schema
 from model.errors import TinyGPTError
-from model.files import read_user_text
+from model.files import read_jsonl
 from model.nn.gpt import GPT, IGNORE_INDEX
 from model.progress import progress
 
@@ -34,19 +33,12 @@ class Item:
 def read_items(path: str | Path) -> list[Item]:
     """The items of a HellaSwag-format jsonl file; a malformed line is an error naming its number."""
     path = Path(path)
-    lines = read_user_text(path, "multiple-choice file").splitlines()
     items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise TinyGPTError(f"{path}:{number}: not JSON ({e})") from None
-        schema.check(record, schema.HellaSwagItem, f"{path}:{number}")
+    for where, record in read_jsonl(path, "multiple-choice file"):
+        schema.check(record, schema.HellaSwagItem, where)
         item = Item(record["ctx"], record["endings"], record["label"])
         if item.label >= len(item.endings):
-            raise TinyGPTError(f"{path}:{number}: label must be the index of one of its {len(item.endings)} "
+            raise TinyGPTError(f"{where}: label must be the index of one of its {len(item.endings)} "
                                f"endings (0 to {len(item.endings) - 1}), got {item.label}")
         items.append(item)
     if not items:
