@@ -301,6 +301,8 @@ def test_chat_mode_in_chromium(tmp_path):
             # the Inside panel looks at the same tokens
             page.wait_for_function("document.querySelectorAll('#lens-table tr').length > 0")
             assert page.locator("#lens-table th").nth(1).inner_text() == "<|system|>"
+            # a conversation wider than the window scrolls inside its panel; the page keeps the window's width
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
             # a second message goes with the history; Enter sends it
             first_reply = body["messages"]
