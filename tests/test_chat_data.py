@@ -237,7 +237,8 @@ def test_a_model_with_another_vocabulary_is_refused_for_fine_tuning(tmp_path, ca
     make_run(tmp_path / "other", chars="xyz\n", block_size=64)
     prepare_chat("talk", tmp_path / "data", str(write_jsonl(tmp_path / "talk.jsonl", CONVERSATIONS)), quiet=True)
     assert train_main(flags(chat_run(tmp_path / "data", tmp_path / "out", init_from=str(tmp_path / "other"))) + ["--quiet"]) == 1
-    assert "uses tokenizer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "uses tokenizer char (4 tokens)" in err and "before the chat tokens" in err and len(err.strip().splitlines()) == 1
 
 
 def test_validation_loss_counts_reply_tokens_only(tmp_path):

@@ -187,10 +187,14 @@ class Trainer:
             self.echo(f"added the chat template's {wanted['vocab_size'] - tok.vocab_size} tokens to {name_or_dir}'s "
                       "vocabulary: new embedding rows, the mean of the existing ones")
         elif tok.to_meta() != wanted:
+            data_tok = wanted.get("base", wanted) if wanted.get("kind") == "chat" else wanted
+            chat_note = (" (a character vocabulary is the characters of the text it was prepared from, so a character "
+                         "model fits only conversations prepared with that same vocabulary)") if data_tok.get("kind") == "char" else ""
             raise TinyGPTError(
                 f"init_from={name_or_dir} uses tokenizer {tok.to_meta()['kind']} ({tok.vocab_size} tokens) but dataset "
-                f"'{self.config.dataset}' was prepared with {self.tokenizer_meta.get('kind')} "
-                f"({self.tokenizer_meta.get('vocab_size')} tokens); prepare it with the same tokenizer (e.g. --tokenizer=gpt2)"
+                f"'{self.config.dataset}' was prepared with {data_tok.get('kind')} ({data_tok.get('vocab_size')} tokens"
+                f"{' before the chat tokens' if data_tok is not wanted else ''}); prepare it with the model's tokenizer "
+                f"(e.g. --tokenizer=gpt2){chat_note}"
             )
         self.echo(f"initialized from {name_or_dir}: {model.num_params() / 1e6:.1f}M parameters, block_size {model.config.block_size}")
         return model
