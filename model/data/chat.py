@@ -64,6 +64,12 @@ def prompt_ids(tok: ChatTokenizer, messages: Sequence[Message]) -> list[int]:
     return render(tok, messages)[0] + [tok.role_id("assistant")]
 
 
+def prompt_room(block_size: int, max_new_tokens: int) -> int:
+    """Tokens a chat prompt may take: the context minus the room a reply of max_new_tokens needs, but
+    at least half the context, so that asking for a long reply still leaves the history some room."""
+    return block_size - min(max_new_tokens, block_size // 2)
+
+
 def fit_history(tok: ChatTokenizer, messages: Sequence[Message], room: int) -> list[Message]:
     """`messages` without their oldest turns (a system message stays) until prompt_ids fits in `room`
     tokens; the newest message is kept even if it alone is too long (the caller cuts its ids)."""

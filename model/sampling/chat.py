@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model.data.chat import Message, fit_history, prompt_ids
+from model.data.chat import Message, fit_history, prompt_ids, prompt_room
 from model.data.tokenizer import ChatTokenizer
 from model.nn.gpt import GPT
 from model.sampling.generate import generate_text
@@ -51,10 +51,8 @@ class ChatSession:
 
     @property
     def room(self) -> int:
-        """Tokens the prompt may take: the context minus what the reply may need (at most half the
-        context, so a long --max_new_tokens still leaves the history some room)."""
-        block_size = self.model.config.block_size
-        return block_size - min(self.options.max_new_tokens, block_size // 2)
+        """Tokens the prompt may take (model/data/chat.py prompt_room)."""
+        return prompt_room(self.model.config.block_size, self.options.max_new_tokens)
 
     def messages(self) -> list[Message]:
         """The whole conversation: the system message, if any, then every turn."""

@@ -41,7 +41,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from model.data.chat import check_messages, fit_history, prompt_ids, render, require_chat_tokenizer
+from model.data.chat import check_messages, fit_history, prompt_ids, prompt_room, render, require_chat_tokenizer
 from model.data.tokenizer import ChatTokenizer
 from model.errors import TinyGPTError
 from model.sampling.generate import cut_to_vocabulary
@@ -531,12 +531,11 @@ def conversation_ids(m: ServedModel, messages: list[dict[str, str]], limits: Lim
 
 def chat_prompt(m: ServedModel, messages: list[dict[str, str]], max_tokens: int, limits: Limits) -> list[int]:
     """What the model continues to write its reply: the conversation, without its oldest turns (a
-    system message stays) until it leaves max_tokens of the context for the reply, or half of it
-    when max_tokens asks for more (past the context, it slides as a completion's does)."""
+    system message stays) until it fits prompt_room (model/data/chat.py): max_tokens of the context
+    left for the reply, or half of it when max_tokens asks for more (past the context, it slides as a
+    completion's does)."""
     conversation_ids(m, messages, limits, reply=True)  # bounds the whole conversation, so fitting it is cheap
-    block = m.model.config.block_size
-    room = max(block - max_tokens, block // 2)
-    return prompt_ids(m.tok, fit_history(m.tok, messages, room))
+    return prompt_ids(m.tok, fit_history(m.tok, messages, prompt_room(m.model.config.block_size, max_tokens)))
 
 
 async def echo_parts(m: ServedModel, prompts: list, body: CompletionRequest) -> list[tuple[str, list | None]]:
