@@ -734,8 +734,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, default=getattr(limits, name), help=text)
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    for name in ("max_batch", "max_waiting", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes",
-                 "max_attention_tokens", "max_ablate_tokens", "max_messages"):
+    for name in ("max_batch", "max_waiting", *(name for name in limit_help if name != "max_logprobs")):
         if getattr(args, name) < 1:
             raise TinyGPTError(f"--{name} must be at least 1")
     if args.max_logprobs < 0 or not 0 < args.port < 65536:

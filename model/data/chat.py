@@ -201,6 +201,18 @@ class ChatSplit:
         self.fitted_to = block_size
         return {"conversations": len(self.starts) - 1, "cut": cut, "skipped": len(self.starts) - 1 - len(kept)}
 
+    def conversation(self, pick: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fitted conversation number `pick`: its ids (int64) and, for each id after the first, whether
+        it is a target that counts (bool)."""
+        start, length = int(self.starts[self.rows[pick]]), int(self.lengths[pick])
+        return (np.asarray(self.ids[start : start + length], dtype=np.int64),
+                np.asarray(self.counts[start + 1 : start + length], dtype=bool))
+
+    def targets(self) -> np.ndarray:
+        """The counted targets of every fitted conversation, one after another, int64: what rows_of
+        leaves unmasked over all of them."""
+        return np.concatenate([ids[1:][counted] for ids, counted in map(self.conversation, range(len(self.rows)))])
+
     def rows_of(self, picks: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs x and targets y (len(picks), width), int64, for fitted conversations number `picks`:
         each left-aligned, x padded with 0 and y with ignore_index, y = ignore_index where the mask says
@@ -211,9 +223,7 @@ class ChatSplit:
         x = np.zeros((len(picks), width), dtype=np.int64)
         y = np.full((len(picks), width), ignore_index, dtype=np.int64)
         for row, pick in enumerate(picks):
-            start, length = int(self.starts[self.rows[pick]]), int(self.lengths[pick])
-            ids = np.asarray(self.ids[start : start + length], dtype=np.int64)
-            counted = np.asarray(self.counts[start + 1 : start + length], dtype=bool)
-            x[row, : length - 1] = ids[:-1]
-            y[row, : length - 1] = np.where(counted, ids[1:], ignore_index)
+            ids, counted = self.conversation(int(pick))
+            x[row, : len(ids) - 1] = ids[:-1]
+            y[row, : len(ids) - 1] = np.where(counted, ids[1:], ignore_index)
         return x, y

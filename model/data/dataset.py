@@ -185,7 +185,7 @@ def _prepare_into(staging: Path, folder: Path, dataset: str, kind: str, input_pa
         atomic_write_bytes(staging / f"{split}.bin", ids.tobytes())
         counts[split] = len(ids)
     meta = {
-        "tokenizer": tok.to_file_meta(staging) if isinstance(tok, tokenizers.BPETokenizer) else tok.to_meta(),
+        "tokenizer": tokenizers.dataset_meta(tok, staging),
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
         "train_tokens": counts["train"],
@@ -233,9 +233,8 @@ def prepare_chat(
     with staged_dataset_folder(folder) as staging:
         counts = {split: chat.write_split(staging, split, tok, part, dtype) for split, part in (("train", train), ("val", val))}
         atomic_write_bytes(staging / chat.VAL_FILE, chat.conversations_jsonl(val).encode("utf-8"))
-        base = tok.base.to_file_meta(staging) if isinstance(tok.base, tokenizers.BPETokenizer) else tok.base.to_meta()
         meta = {
-            "tokenizer": {**tok.to_meta(), "base": base},
+            "tokenizer": tokenizers.dataset_meta(tok, staging),
             "vocab_size": tok.vocab_size,
             "dtype": dtype.name,
             "train_tokens": counts["train"]["tokens"],
@@ -384,12 +383,11 @@ class TokenDataset:
         """UTF-8 bytes of text per token id, int64 (vocab_size,): for bits per byte."""
         return torch.from_numpy(tokenizers.token_byte_lengths(self.tokenizer()))
 
-    def target_bytes(self, split: str, block_size: int | None = None) -> int:
-        """UTF-8 bytes of the text spelled by every target of `windows(split, block_size)` (of a text
-        dataset: all tokens but the first, whatever the block_size)."""
+    def target_bytes(self, split: str) -> int:
+        """UTF-8 bytes of the text spelled by every target of `windows(split)` (of a text dataset: all
+        tokens but the first; of a chat dataset: the counted targets of its fitted conversations)."""
         if self.chat is not None:
-            _, y = self.windows(split, block_size or self.chat[split].fitted_to)
-            return int(self.byte_lengths[y[y != IGNORE_INDEX]].sum())
+            return int(self.byte_lengths[torch.from_numpy(self.chat[split].targets())].sum())
         data = self.splits[split].concatenated()
         self._check_ids(data, split)
         return int(self.byte_lengths[torch.from_numpy(data[1:])].sum())
@@ -397,7 +395,7 @@ class TokenDataset:
     def target_count(self, split: str) -> int:
         """How many targets `windows(split)` has that count (of a text dataset: all tokens but the first)."""
         if self.chat is not None:
-            return int((self.windows(split, self.chat[split].fitted_to)[1] != IGNORE_INDEX).sum())
+            return len(self.chat[split].targets())
         return len(self.splits[split]) - 1
 
     def get_batch(

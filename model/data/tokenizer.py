@@ -232,6 +232,16 @@ class BPETokenizer(TiktokenTokenizer):
                 "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def dataset_meta(tok: CharTokenizer | TiktokenTokenizer | ChatTokenizer, folder: str | Path) -> dict[str, Any]:
+    """The tokenizer entry a dataset's meta.json holds: to_meta(), except that a learned BPE (a chat
+    tokenizer's base too) writes its tokenizer.json into `folder` and names it (resolve_meta reads it)."""
+    if isinstance(tok, ChatTokenizer):
+        return {**tok.to_meta(), "base": dataset_meta(tok.base, folder)}
+    if isinstance(tok, BPETokenizer):
+        return tok.to_file_meta(folder)
+    return tok.to_meta()
+
+
 def resolve_meta(meta: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     """A tokenizer entry made self-contained: one that names a file in `folder` (as a dataset's
     meta.json does for a learned BPE) gets the file's text inline, as checkpoints store it."""

@@ -39,8 +39,8 @@ def estimate_loss(
             n_bytes += int(dataset.byte_lengths[counted].sum())
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
-            loss_sum += loss.item()
-            nats += loss.item() * counted.numel()
+            loss_sum += (value := loss.item())
+            nats += value * counted.numel()
         out[split] = loss_sum / eval_iters
         out[f"{split}_bpb"] = bits_per_byte(nats, n_bytes)
     model.train(was_training)
