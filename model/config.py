@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -357,9 +358,13 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+ONE_DASH_FLAG = re.compile(r"-[A-Za-z_]\w+(=.*)?", re.S)
+"""An argument such as '-max_iters=5': a flag's name (a word of two or more characters) after one dash."""
+
+
 def one_dash_hint(arg: str) -> str | None:
     """For an argument such as '-max_iters=5' (a flag with one dash), the sentence that says so."""
-    if arg.startswith("-") and not arg.startswith("--") and len(arg.split("=", 1)[0]) > 2:
+    if ONE_DASH_FLAG.fullmatch(arg):
         return f"'{arg}' has one dash; flags take two: '-{arg}'"
     return None
 
