@@ -106,6 +106,7 @@ def test_the_load_benchmark_runs_on_a_tiny_setting():
     lines = result.stdout.splitlines()
     assert any(line.startswith("idle, default: threads: ") and "OpenMP's default" in line for line in lines), lines
     assert any(line.startswith("1 busy, chosen: threads: ") and "cores busy" in line for line in lines), lines
+    assert any(line.startswith("1 busy, chosen, decoding: threads: ") and "cores busy" in line for line in lines), lines
     rows = [line.split() for line in lines if line.startswith(("idle ", "1 busy "))]
     assert len(rows) == 4, result.stdout  # default and chosen, idle and beside the busy process
     numbers = [[float(cell.rstrip("x")) for cell in row[-5:]] for row in rows]

@@ -120,6 +120,7 @@ def decode_child(shape: str, new_tokens: int) -> dict:
     from model.config import GPTConfig
     from model.nn.gpt import GPT
     from model.sampling.generate import generate, prepare_for_sampling
+    from model.threads import describe_threads
 
     torch.manual_seed(0)
     model = prepare_for_sampling(GPT(GPTConfig(**SHAPES[shape])))
@@ -129,7 +130,7 @@ def decode_child(shape: str, new_tokens: int) -> dict:
     t = time.perf_counter()
     for _ in generate(model, prompt, new_tokens, temperature=0.0):
         pass
-    return {"tokens_per_sec": new_tokens / (time.perf_counter() - t)}
+    return {"tokens_per_sec": new_tokens / (time.perf_counter() - t), "threads": describe_threads(None)}
 
 
 def measure(args, settings: dict[str, dict[str, str]], data_dir: str, out_dir: str) -> dict[str, dict[str, dict]]:
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     for state, measured in results.items():
         for setting in settings:
             print(f"{state}, {setting}: {measured[setting]['train']['threads']}")
+            print(f"{state}, {setting}, decoding: {measured[setting]['decode']['threads']}")
     print(table(results))
     return 0
 
