@@ -23,13 +23,22 @@ if (SHARED / "tiktoken").is_dir():
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread for the whole suite: its tiny models gain nothing from more, and one thread has
     no other thread to wait for when the machine is busy with other work. (Subprocesses the tests
-    start set OMP_NUM_THREADS=1 for the same reason.)"""
+    start set OMP_NUM_THREADS=1 for the same reason.)
+
+    Ctrl-C reaches the programs the tests start, as it would from a terminal, also when pytest itself
+    was started in the background by a script (`cmd &` without job control, or nohup), which leaves
+    SIGINT ignored and so ignored in every child: the tests that interrupt a program test the program."""
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 SKIP_UNLESS = {"needs_gpt2": gpt2_unavailable, "needs_kernels": kernels_unavailable}
