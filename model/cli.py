@@ -734,7 +734,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, default=getattr(limits, name), help=text)
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    for name in ("max_batch", "max_waiting", *(name for name in limit_help if name != "max_logprobs")):
+    at_least_one = ["max_batch", "max_waiting", *(limit for limit in limit_help if limit != "max_logprobs")]  # 0 logprobs: none
+    for name in at_least_one:
         if getattr(args, name) < 1:
             raise TinyGPTError(f"--{name} must be at least 1")
     if args.max_logprobs < 0 or not 0 < args.port < 65536:
